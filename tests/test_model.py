@@ -1,0 +1,161 @@
+"""The U-Net / attention U-Net builder, attention maps and the model artifact, on tiny real Keras models."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+from tileseg.model import (
+    ArtifactError,
+    attention_maps,
+    build_model,
+    default_metadata,
+    load_model,
+    read_metadata,
+    save_model,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_attention():
+    keras.utils.set_random_seed(0)
+    return build_model("attention_unet", num_classes=3, bands=4, base_filters=4, depth=3)
+
+
+def test_probabilities_shape_and_sum(tiny_attention):
+    x = np.random.default_rng(0).random((2, 64, 64, 4), dtype=np.float32)
+    y = tiny_attention.predict(x, verbose=0)
+    assert y.shape == (2, 64, 64, 3)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-5)
+    assert (y >= 0).all()
+
+
+def test_fully_convolutional_any_divisible_size(tiny_attention):
+    y = tiny_attention.predict(np.zeros((1, 96, 40, 4), np.float32), verbose=0)
+    assert y.shape == (1, 96, 40, 3)
+
+
+def test_acceptance_shapes_at_base_64():
+    """The issue's check: 21 classes at base 64 on (2, 256, 256, 3), and a (1, 512, 384, 3) batch."""
+    model = build_model("attention_unet", num_classes=21, bands=3, base_filters=64)
+    y = model(np.random.default_rng(1).random((2, 256, 256, 3), dtype=np.float32), training=False)
+    assert tuple(y.shape) == (2, 256, 256, 21)
+    np.testing.assert_allclose(np.asarray(y).sum(-1), 1.0, atol=1e-5)
+    assert tuple(model(np.zeros((1, 512, 384, 3), np.float32), training=False).shape) == (1, 512, 384, 21)
+
+
+def test_archs_differ_only_by_the_gates():
+    unet = build_model("unet", num_classes=2, base_filters=4, depth=3)
+    att = build_model("attention_unet", num_classes=2, base_filters=4, depth=3)
+    unet_layers = {layer.name for layer in unet.layers}
+    att_layers = {layer.name for layer in att.layers}
+    assert unet_layers <= att_layers
+    extra = att_layers - unet_layers
+    assert extra and all(name.startswith("gate") for name in extra)
+    assert sum(1 for name in extra if name.endswith("_alpha")) == 3
+
+
+def test_mixed_precision_output_is_float32():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_model("attention_unet", num_classes=2, base_filters=4, depth=2)
+        y = model(np.zeros((1, 32, 32, 3), np.float32), training=False)
+        assert y.dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_attention_maps_one_per_gate_at_skip_resolution(tiny_attention):
+    x = np.random.default_rng(2).random((2, 64, 48, 4), dtype=np.float32)
+    maps = attention_maps(tiny_attention, x)
+    assert [m.shape for m in maps] == [(2, 64, 48), (2, 32, 24), (2, 16, 12)]
+    for m in maps:
+        assert m.min() >= 0.0 and m.max() <= 1.0
+        assert m.std() > 0  # coefficients depend on the input, not a constant
+
+
+def test_attention_maps_follow_the_gate_weights():
+    """The maps are the real coefficients: a gate whose psi bias is pushed up attends more."""
+    model = build_model("attention_unet", num_classes=2, base_filters=4, depth=2)
+    x = np.random.default_rng(3).random((1, 32, 32, 3), dtype=np.float32)
+    before = attention_maps(model, x)[0]
+    psi = model.get_layer("gate0_psi")
+    kernel, bias = psi.get_weights()
+    psi.set_weights([kernel, bias + 5.0])
+    after = attention_maps(model, x)[0]
+    assert after.mean() > before.mean() + 0.3
+
+
+def test_plain_unet_has_no_attention_maps():
+    model = build_model("unet", num_classes=2, base_filters=4, depth=2)
+    assert attention_maps(model, np.zeros((1, 32, 32, 3), np.float32)) == []
+
+
+def test_builder_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="unknown arch"):
+        build_model("segformer", num_classes=2)
+    with pytest.raises(ValueError, match="num_classes"):
+        build_model("unet", num_classes=1)
+
+
+def test_artifact_round_trip(tmp_path, tiny_attention):
+    meta = default_metadata(
+        tiny_attention,
+        classes=["background", "building", "road"],
+        mean=[10.0, 20.0, 30.0, 40.0],
+        std=[2.0, 3.0, 4.0, 5.0],
+        tile=64,
+        training={"epochs": 3, "data": "somewhere"},
+    )
+    path = save_model(tiny_attention, tmp_path / "m.keras", meta)
+    model, loaded = load_model(path)
+    x = np.random.default_rng(4).random((2, 64, 64, 4), dtype=np.float32)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), tiny_attention.predict(x, verbose=0))
+    assert loaded["classes"] == ["background", "building", "road"]
+    assert loaded["mean"] == [10.0, 20.0, 30.0, 40.0]
+    assert loaded["tile"] == 64
+    assert loaded["training"]["epochs"] == 3
+    assert loaded["params"] == tiny_attention.count_params()
+    assert read_metadata(path) == loaded
+
+
+def test_save_refuses_metadata_that_does_not_fit(tmp_path, tiny_attention):
+    meta = default_metadata(tiny_attention, classes=["a", "b"])  # the model has 3 classes
+    with pytest.raises(ArtifactError, match="classes"):
+        save_model(tiny_attention, tmp_path / "m.keras", meta)
+    assert not (tmp_path / "m.keras").exists()
+
+
+def test_lambda_layer_is_refused(tmp_path):
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Lambda(lambda t: t * 2.0)(inputs)
+    outputs = keras.layers.Conv2D(2, 1, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    path = save_model(model, tmp_path / "evil.keras", default_metadata(model))
+    with pytest.raises(ArtifactError, match="Lambda.*arbitrary code"):
+        load_model(path)
+
+
+def test_plain_keras_file_is_not_an_artifact(tmp_path, tiny_attention):
+    path = tmp_path / "plain.keras"
+    tiny_attention.save(path)
+    with pytest.raises(ArtifactError, match="not a tileseg artifact"):
+        load_model(path)
+    junk = tmp_path / "junk.keras"
+    junk.write_text("hello")
+    with pytest.raises(ArtifactError, match="junk.keras"):
+        load_model(junk)
+
+
+def test_metadata_lives_inside_the_keras_zip(tmp_path, tiny_attention):
+    path = save_model(tiny_attention, tmp_path / "m.keras", default_metadata(tiny_attention))
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        meta = json.loads(zf.read("tileseg.json"))
+    assert "config.json" in names and "model.weights.h5" in names
+    assert meta["arch"] == "attention_unet"
