@@ -1,0 +1,598 @@
+"""Raster input: find images, describe them, and read any window of them with a validity mask.
+
+Everything goes through GDAL (via rasterio), so GeoTIFF, COG, VRT, JPEG 2000, PNG and JPEG all read the
+same way; OpenCV is only a fallback for PNG/JPEG files that GDAL cannot open. Every failure is raised as
+a `RasterError` whose message names the file and the problem, so a batch can report it and move on.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import stat
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.windows
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.errors import NotGeoreferencedWarning
+
+from tileseg.grid import Window
+
+__all__ = [
+    "RASTER_EXTENSIONS",
+    "ImageInfo",
+    "RasterError",
+    "check_bands",
+    "clear_cache",
+    "discover",
+    "normalise",
+    "open_info",
+    "read_overview",
+    "read_window",
+]
+
+#: File name endings (lower case) that `discover` treats as rasters.
+RASTER_EXTENSIONS: frozenset[str] = frozenset(
+    {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".img", ".vrt"}
+)
+# Sidecars GDAL reads beside a raster: named so the skip reason says what they are.
+_SIDECARS: dict[str, str] = {
+    ".aux.xml": "GDAL metadata sidecar (.aux.xml)",
+    ".ovr": "overview sidecar (.ovr)",
+    ".msk": "mask sidecar (.msk)",
+    ".aux": "auxiliary sidecar (.aux)",
+    ".tfw": "world file (.tfw)",
+    ".pgw": "world file (.pgw)",
+    ".jgw": "world file (.jgw)",
+    ".wld": "world file (.wld)",
+    ".prj": "projection sidecar (.prj)",
+}
+_OPENCV_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})
+_PIXEL_TRANSFORM = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+class RasterError(Exception):
+    """A raster could not be found, opened or read; the message names the file and the cause."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the pipeline needs to know about one input image (JSON-able via `to_dict`).
+
+    `transform` is the affine (a, b, c, d, e, f) in rasterio order; images without georeferencing
+    (PNG/JPEG) get the pixel transform (1, 0, 0, 0, 1, 0) and `crs` None. `alpha_band` is the 1-based
+    index of an alpha band (it defines validity and is left out of the default band selection).
+    """
+
+    path: str
+    height: int
+    width: int
+    bands: int
+    dtype: str
+    crs: str | None
+    transform: tuple[float, float, float, float, float, float]
+    nodata: float | None
+    driver: str
+    alpha_band: int | None = None
+
+    @property
+    def has_crs(self) -> bool:
+        """True when the image carries a coordinate reference system."""
+        return bool(self.crs)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return (self.height, self.width)
+
+    @property
+    def data_bands(self) -> tuple[int, ...]:
+        """The default band selection: every band except an alpha band (1-based)."""
+        return tuple(b for b in range(1, self.bands + 1) if b != self.alpha_band)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (NaN nodata becomes the string "nan", since JSON has no NaN)."""
+        d = asdict(self)
+        d["transform"] = [float(v) for v in self.transform]
+        if self.nodata is not None and math.isnan(self.nodata):
+            d["nodata"] = "nan"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ImageInfo:
+        """Inverse of `to_dict`; unknown keys are ignored so older/newer records still load."""
+        nodata = d.get("nodata")
+        return cls(
+            path=str(d["path"]),
+            height=int(d["height"]),
+            width=int(d["width"]),
+            bands=int(d["bands"]),
+            dtype=str(d["dtype"]),
+            crs=d.get("crs") or None,
+            transform=tuple(float(v) for v in d["transform"]),  # type: ignore[arg-type]
+            nodata=None if nodata is None else float(nodata),
+            driver=str(d.get("driver", "")),
+            alpha_band=None if d.get("alpha_band") is None else int(d["alpha_band"]),
+        )
+
+
+# --------------------------------------------------------------------------------------------- discovery
+
+
+def _ending(name: str) -> str:
+    """Lower-case file ending used for classification (two-part for `.aux.xml`)."""
+    low = name.lower()
+    if low.endswith(".aux.xml"):
+        return ".aux.xml"
+    return os.path.splitext(low)[1]
+
+
+def _classify(path: str) -> str | None:
+    """None if `path` looks like a raster by its name, else the reason to skip it (no file is opened)."""
+    name = os.path.basename(path)
+    end = _ending(name)
+    if end in RASTER_EXTENSIONS:
+        return None
+    if end in _SIDECARS:
+        return f"not a raster: {_SIDECARS[end]}"
+    if not end:
+        return "not a raster: no file extension"
+    return f"not a raster: unknown extension {end!r}"
+
+
+def _walk(directory: str) -> list[str]:
+    """Every file below `directory`, sorted by path, skipping hidden entries (.git, .DS_Store ...)."""
+    found = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(os.path.join(root, f) for f in files if not f.startswith("."))
+    return sorted(found)
+
+
+def discover(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Expand files, directories (recursively, sorted) and glob patterns into raster paths.
+
+    Returns (paths, skipped): skipped holds (path, reason) for inputs that are clearly not rasters
+    (by extension: text files, sidecars ...) or do not exist. Nothing is opened here; `open_info`
+    reports files that merely look like rasters. Duplicates are dropped, first occurrence kept.
+    """
+    if isinstance(inputs, str | os.PathLike):
+        inputs = [os.fspath(inputs)]
+    paths: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    seen: set[str] = set()
+
+    def consider(p: str) -> None:
+        key = os.path.abspath(p)
+        if key in seen:
+            return
+        seen.add(key)
+        reason = _classify(p)
+        if reason is None:
+            paths.append(p)
+        else:
+            skipped.append((p, reason))
+
+    for raw in inputs:
+        item = os.fspath(raw)
+        if os.path.isdir(item):
+            for f in _walk(item):
+                consider(f)
+        elif os.path.lexists(item):
+            consider(item)
+        elif glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                skipped.append((item, "no files match this pattern"))
+            for m in matches:
+                if os.path.isdir(m):
+                    for f in _walk(m):
+                        consider(f)
+                else:
+                    consider(m)
+        else:
+            skipped.append((item, "no such file"))
+    return paths, skipped
+
+
+# ------------------------------------------------------------------------------------------------ opening
+
+
+def _cause(exc: BaseException) -> str:
+    """The most specific message of an exception chain (rasterio hides GDAL's reason in __cause__)."""
+    msgs = []
+    e: BaseException | None = exc
+    while e is not None and len(msgs) < 4:
+        text = str(e).strip() or type(e).__name__
+        if text not in msgs:
+            msgs.append(text)
+        e = e.__cause__ or e.__context__
+    generic = [m for m in msgs if "see previous exception" not in m.lower()]
+    return "; ".join(generic or msgs)
+
+
+def _precheck(path: str) -> None:
+    """Give plain-language errors for local files that GDAL would only call 'not recognized'."""
+    if path.startswith("/vsi") or "://" in path:
+        return
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise RasterError(f"{path}: is a directory, not a raster file")
+        if not stat.S_ISREG(st.st_mode):
+            raise RasterError(f"{path}: not a regular file")
+        with open(path, "rb") as f:
+            f.read(1)
+    except PermissionError:
+        raise RasterError(f"{path}: permission denied") from None
+    except FileNotFoundError:
+        reason = "broken symbolic link" if os.path.islink(path) else "no such file"
+        raise RasterError(f"{path}: {reason}") from None
+    except OSError as e:
+        raise RasterError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if st.st_size == 0:
+        raise RasterError(f"{path}: empty file (0 bytes)")
+
+
+@contextmanager
+def _open(path: str) -> Iterator[rasterio.io.DatasetReader]:
+    """rasterio.open with errors turned into RasterError and the no-georeference warning silenced."""
+    _precheck(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            ds = rasterio.open(path)
+    except Exception as e:  # rasterio raises RasterioIOError, CPLE_* or plain OSError
+        raise RasterError(f"{path}: not a readable raster ({_cause(e)})") from None
+    try:
+        yield ds
+    finally:
+        ds.close()
+
+
+class _ThreadCache(threading.local):
+    """Per-thread LRU of open datasets: windows of one image are read by one thread in turn, and
+    keeping the dataset open keeps GDAL's block cache (overlapping tiles are not decoded twice).
+    Datasets are never shared between threads; after a fork the child starts empty."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.items: OrderedDict[tuple[str, int, int, int], rasterio.io.DatasetReader] = OrderedDict()
+
+
+_CACHE = _ThreadCache()
+_CACHE_SIZE = 2
+
+
+def clear_cache() -> None:
+    """Close the datasets this thread keeps open for `read_window`."""
+    for ds in _CACHE.items.values():
+        ds.close()
+    _CACHE.items.clear()
+
+
+@contextmanager
+def _cached_open(path: str) -> Iterator[rasterio.io.DatasetReader]:
+    """Like `_open`, but reuses this thread's open dataset while the file is unchanged."""
+    if path.startswith("/vsi") or "://" in path:
+        with _open(path) as ds:
+            yield ds
+        return
+    _precheck(path)
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if _CACHE.pid != os.getpid():
+        _CACHE.pid, _CACHE.items = os.getpid(), OrderedDict()
+    ds = _CACHE.items.pop(key, None)
+    if ds is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                ds = rasterio.open(path)
+        except Exception as e:
+            raise RasterError(f"{path}: not a readable raster ({_cause(e)})") from None
+    try:
+        yield ds
+    except BaseException:
+        ds.close()  # do not keep a dataset that just failed
+        raise
+    _CACHE.items[key] = ds
+    while len(_CACHE.items) > _CACHE_SIZE:
+        _CACHE.items.popitem(last=False)[1].close()
+
+
+def _alpha_band(ds: rasterio.io.DatasetReader) -> int | None:
+    for i, ci in enumerate(ds.colorinterp, start=1):
+        if ci == ColorInterp.alpha:
+            return i
+    return None
+
+
+def _info_from_dataset(path: str, ds: rasterio.io.DatasetReader) -> ImageInfo:
+    t = ds.transform
+    georef = not t.is_identity or ds.crs is not None
+    transform = (t.a, t.b, t.c, t.d, t.e, t.f) if georef else _PIXEL_TRANSFORM
+    dtypes = set(ds.dtypes)
+    if len(dtypes) != 1:
+        raise RasterError(f"{path}: bands have different data types {sorted(dtypes)}; not supported")
+    return ImageInfo(
+        path=path,
+        height=int(ds.height),
+        width=int(ds.width),
+        bands=int(ds.count),
+        dtype=str(ds.dtypes[0]),
+        crs=ds.crs.to_wkt() if ds.crs else None,
+        transform=tuple(float(v) for v in transform),  # type: ignore[arg-type]
+        nodata=None if ds.nodata is None else float(ds.nodata),
+        driver=str(ds.driver),
+        alpha_band=_alpha_band(ds),
+    )
+
+
+def _shape_info(path: str, ds: rasterio.io.DatasetReader) -> ImageInfo:
+    """The parts of ImageInfo a read needs (no CRS export: that costs more than a small read)."""
+    return ImageInfo(path, int(ds.height), int(ds.width), int(ds.count), str(ds.dtypes[0]), None,
+                     _PIXEL_TRANSFORM, None, str(ds.driver), alpha_band=_alpha_band(ds))
+
+
+def _cv2_read(path: str, gdal_error: RasterError | None = None) -> np.ndarray:
+    """Whole image via OpenCV as (h, w, C) in RGB(A) order, for PNG/JPEG files GDAL cannot open."""
+    import cv2
+
+    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        if gdal_error is not None:
+            raise RasterError(f"{gdal_error} (OpenCV cannot decode it either)") from None
+        raise RasterError(f"{path}: not a readable image (GDAL and OpenCV both failed)")
+    if img.ndim == 2:
+        img = img[:, :, None]
+    elif img.shape[2] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+    return img
+
+
+def _cv2_info(path: str, img: np.ndarray) -> ImageInfo:
+    """ImageInfo of an image decoded by OpenCV: no georeferencing, alpha if it has 4 channels."""
+    h, w, c = img.shape
+    return ImageInfo(path, h, w, c, str(img.dtype), None, _PIXEL_TRANSFORM, None, "OpenCV",
+                     alpha_band=4 if c == 4 else None)
+
+
+def _use_opencv(path: str, err: RasterError) -> bool:
+    """OpenCV fallback only for existing PNG/JPEG files GDAL refused (not for missing/empty files)."""
+    return (
+        os.path.splitext(path)[1].lower() in _OPENCV_EXTENSIONS
+        and "not a readable raster" in str(err)
+    )
+
+
+def open_info(path: str | os.PathLike[str], *, probe: bool = True) -> ImageInfo:
+    """Describe a raster (size, bands, dtype, georeferencing) or raise RasterError naming file and cause.
+
+    With `probe` (default) the last block is also read, so a truncated file fails here rather than
+    half-way through a job; the cost is one block.
+    """
+    path = os.fspath(path)
+    try:
+        with _open(path) as ds:
+            info = _info_from_dataset(path, ds)
+            if probe and info.height and info.width:
+                bh, bw = ds.block_shapes[0]
+                r0 = max(0, info.height - min(bh, info.height))
+                c0 = max(0, info.width - min(bw, info.width))
+                try:
+                    ds.read(window=rasterio.windows.Window(c0, r0, info.width - c0, info.height - r0))
+                except Exception as e:
+                    raise RasterError(f"{path}: corrupt or truncated raster ({_cause(e)})") from None
+            return info
+    except RasterError as err:
+        if _use_opencv(path, err):
+            return _cv2_info(path, _cv2_read(path, err))
+        raise
+
+
+def check_bands(info: ImageInfo, bands: Sequence[int] | None) -> tuple[int, ...]:
+    """Validate a 1-based band selection against the file; None means every non-alpha band."""
+    if bands is None:
+        sel = info.data_bands
+        if not sel:
+            raise RasterError(f"{info.path}: no data bands (only an alpha band)")
+        return sel
+    sel = tuple(bands)
+    if not sel:
+        raise RasterError(f"{info.path}: empty band selection")
+    for b in sel:
+        if isinstance(b, bool) or not isinstance(b, int | np.integer):
+            raise RasterError(f"{info.path}: band numbers must be integers, got {b!r}")
+        if b < 1:
+            raise RasterError(f"{info.path}: bands are numbered from 1, got {b}")
+        if b > info.bands:
+            raise RasterError(
+                f"{info.path}: requested band {b} but file has {info.bands} band{'s' * (info.bands != 1)}"
+            )
+    return tuple(int(b) for b in sel)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+def _fill_value(fill: float, dtype: np.dtype, path: str) -> Any:
+    """`fill` as a value of `dtype`, refusing silent wrap-around (e.g. -1 into uint8, NaN into ints)."""
+    if np.issubdtype(dtype, np.integer):
+        lim = np.iinfo(dtype)
+        if not (math.isfinite(fill) and float(fill).is_integer() and lim.min <= fill <= lim.max):
+            raise ValueError(f"{path}: fill value {fill!r} does not fit the image data type {dtype}")
+    return np.array(fill).astype(dtype)
+
+
+def _valid_from(ds: rasterio.io.DatasetReader, data: np.ndarray, indexes: Sequence[int],
+                alpha: int | None, win: rasterio.windows.Window) -> np.ndarray:
+    """GDAL validity of a window: a pixel is valid if any selected data band's mask says so.
+
+    read_masks honours nodata values, internal/external (.msk) mask bands and alpha bands; a NaN in
+    any selected band also makes the pixel invalid (a network cannot consume NaN).
+    """
+    mask_idx = [i for i in dict.fromkeys(indexes) if i != alpha]
+    if not mask_idx:
+        mask_idx = [next(i for i in range(1, ds.count + 1) if i != alpha)] if ds.count > 1 else [1]
+    flags = ds.mask_flag_enums
+    if all(flags[i - 1] == [MaskFlags.all_valid] for i in mask_idx):
+        valid = np.ones(data.shape[1:], dtype=bool)  # no nodata, mask or alpha: skip reading masks
+    else:
+        valid = np.any(ds.read_masks(mask_idx, window=win) != 0, axis=0)
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= ~np.isnan(data).any(axis=0)
+    return valid
+
+
+def read_window(
+    path: str | os.PathLike[str],
+    window: Window,
+    *,
+    bands: Sequence[int] | None = None,
+    fill: float = 0,
+    fill_invalid: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read any window (it may hang past every edge or be larger than the image) with its validity.
+
+    Returns pixels (h, w, C) in the file's native dtype and valid (h, w) bool: False outside the image
+    and where GDAL's mask says nodata (nodata value, mask band, alpha) or any band is NaN. Invalid
+    pixels hold `fill` (set `fill_invalid=False` to keep the stored values inside the image; NaN is
+    always replaced). Bands are 1-based; by default all bands except an alpha band.
+    """
+    path = os.fspath(path)
+    row, col, height, width = (int(v) for v in window)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"{path}: window {tuple(window)} has no pixels")
+    try:
+        with _cached_open(path) as ds:
+            info = _shape_info(path, ds)
+            sel = check_bands(info, bands)
+            dtype = np.dtype(info.dtype)
+            fv = _fill_value(fill, dtype, path)
+            out = np.full((height, width, len(sel)), fv, dtype=dtype)
+            valid = np.zeros((height, width), dtype=bool)
+            r0, r1 = max(row, 0), min(row + height, info.height)
+            c0, c1 = max(col, 0), min(col + width, info.width)
+            if r0 >= r1 or c0 >= c1:
+                return out, valid
+            win = rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)
+            try:
+                data = ds.read(list(sel), window=win)
+                inner = _valid_from(ds, data, sel, info.alpha_band, win)
+            except Exception as e:
+                raise RasterError(f"{path}: read failed in window {tuple(window)} ({_cause(e)})") from None
+    except RasterError as err:
+        if not _use_opencv(path, err):
+            raise
+        return _cv2_window(path, (row, col, height, width), bands, fill, fill_invalid, err)
+    block = data.transpose(1, 2, 0)
+    all_valid = bool(inner.all())
+    if fill_invalid and not all_valid:
+        block = np.where(inner[:, :, None], block, fv)
+    elif np.issubdtype(dtype, np.floating) and not all_valid:
+        block = np.where(np.isnan(block), fv, block)
+    out[r0 - row : r1 - row, c0 - col : c1 - col] = block
+    valid[r0 - row : r1 - row, c0 - col : c1 - col] = inner
+    return out, valid
+
+
+def _cv2_window(path: str, window: tuple[int, int, int, int], bands: Sequence[int] | None,
+                fill: float, fill_invalid: bool, gdal_error: RasterError) -> tuple[np.ndarray, np.ndarray]:
+    """`read_window` for images only OpenCV can decode (whole image decoded, then cropped)."""
+    img = _cv2_read(path, gdal_error)
+    info = _cv2_info(path, img)
+    sel = check_bands(info, bands)
+    row, col, height, width = window
+    fv = _fill_value(fill, img.dtype, path)
+    out = np.full((height, width, len(sel)), fv, dtype=img.dtype)
+    valid = np.zeros((height, width), dtype=bool)
+    r0, r1 = max(row, 0), min(row + height, info.height)
+    c0, c1 = max(col, 0), min(col + width, info.width)
+    if r0 < r1 and c0 < c1:
+        part = img[r0:r1, c0:c1]
+        inner = part[:, :, 3] > 0 if info.alpha_band else np.ones(part.shape[:2], bool)
+        block = part[:, :, [b - 1 for b in sel]]
+        if fill_invalid:
+            block = np.where(inner[:, :, None], block, fv)
+        out[r0 - row : r1 - row, c0 - col : c1 - col] = block
+        valid[r0 - row : r1 - row, c0 - col : c1 - col] = inner
+    return out, valid
+
+
+def read_overview(
+    path: str | os.PathLike[str], max_size: int = 1024, bands: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Whole image decimated so its longer side is at most `max_size` (uses overviews when present).
+
+    Returns (h, w, C) pixels in native dtype and the (h, w) validity, like `read_window`; for quicklooks.
+    """
+    path = os.fspath(path)
+    if max_size < 1:
+        raise ValueError(f"max_size must be >= 1, got {max_size}")
+    try:
+        with _open(path) as ds:
+            info = _info_from_dataset(path, ds)
+            sel = check_bands(info, bands)
+            scale = max(1.0, max(info.height, info.width) / max_size)
+            h = max(1, min(info.height, round(info.height / scale)))
+            w = max(1, min(info.width, round(info.width / scale)))
+            try:
+                data = ds.read(list(sel), out_shape=(len(sel), h, w), resampling=Resampling.nearest)
+                mask_idx = [b for b in sel if b != info.alpha_band] or [1]
+                masks = ds.read_masks(mask_idx, out_shape=(len(mask_idx), h, w),
+                                      resampling=Resampling.nearest)
+            except Exception as e:
+                raise RasterError(f"{path}: overview read failed ({_cause(e)})") from None
+    except RasterError as err:
+        if not _use_opencv(path, err):
+            raise
+        import cv2
+
+        img = _cv2_read(path, err)
+        info = _cv2_info(path, img)
+        sel = check_bands(info, bands)
+        scale = max(1.0, max(info.height, info.width) / max_size)
+        h, w = max(1, round(info.height / scale)), max(1, round(info.width / scale))
+        small = cv2.resize(img, (w, h), interpolation=cv2.INTER_NEAREST).reshape(h, w, -1)
+        valid = small[:, :, 3] > 0 if info.alpha_band else np.ones((h, w), bool)
+        return small[:, :, [b - 1 for b in sel]], valid
+    valid = np.any(masks != 0, axis=0)
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= ~np.isnan(data).any(axis=0)
+    return data.transpose(1, 2, 0), valid
+
+
+def normalise(pixels: np.ndarray, mean: Sequence[float] | np.ndarray | float,
+              std: Sequence[float] | np.ndarray | float) -> np.ndarray:
+    """(pixels - mean) / std per band (last axis), computed in float32 so uint16 input never overflows."""
+    x = np.asarray(pixels).astype(np.float32, copy=True)
+    m = np.asarray(mean, dtype=np.float32)
+    s = np.asarray(std, dtype=np.float32)
+    if np.any(s == 0):
+        raise ValueError("normalise: std must be non-zero for every band")
+    for name, v in (("mean", m), ("std", s)):
+        if v.ndim > 1 or (v.ndim == 1 and v.shape[0] not in (1, x.shape[-1])):
+            raise ValueError(f"normalise: {name} has {v.shape} values but pixels have {x.shape[-1]} bands")
+    x -= m
+    x /= s
+    return x
+
+
+def path_stem(path: str | os.PathLike[str]) -> str:
+    """File name without its raster extension (`a/b/scene.tif` -> `scene`)."""
+    name = Path(os.fspath(path)).name
+    end = _ending(name)
+    return name[: -len(end)] if end and end in RASTER_EXTENSIONS else name
