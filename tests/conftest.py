@@ -21,3 +21,23 @@ def data_dir() -> Path:
     if not DATA.is_dir():
         pytest.skip(f"real data not found at {DATA}")
     return DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> Path:
+    """A tiny attention U-Net artifact (random weights, real Keras) with a realistic normalisation."""
+    import keras
+
+    from tileseg.model import build_model, default_metadata, save_model
+
+    keras.utils.set_random_seed(7)
+    model = build_model("attention_unet", num_classes=2, bands=3, base_filters=4, depth=2)
+    meta = default_metadata(
+        model,
+        classes=["background", "building"],
+        mean=[110.0, 105.0, 95.0],
+        std=[55.0, 50.0, 50.0],
+        tile=256,
+        training={"note": "random weights, for tests"},
+    )
+    return save_model(model, tmp_path_factory.mktemp("model") / "tiny.keras", meta)

@@ -1,0 +1,157 @@
+"""The segmentation job end to end on a real (embedded) Ray, real GeoTIFFs and real Zarr stores."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from tileseg import raster, store
+from tileseg.grid import TileGrid, Window
+from tileseg.predict import TilePredictor, to_mask
+from tileseg.segment import pool_size, segment
+from tileseg.stitch import predict_array
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One embedded Ray for this module's in-process jobs (2 CPUs, no dashboard, its own temp dir)."""
+    import ray
+
+    from tileseg.segment import RaySession
+
+    with RaySession(num_cpus=2) as session:
+        yield session
+    assert not ray.is_initialized()
+
+
+def _scene(data_dir: Path) -> Path:
+    return data_dir / "kampala" / "scene" / "kampala_z21_image.tif"
+
+
+def test_job_equals_in_memory_prediction_on_the_kampala_scene(ray_local, data_dir, tiny_model_path, tmp_path):
+    """Several blocks and 2 actors give exactly what one whole-image pass in memory gives."""
+    scene = _scene(data_dir)
+    out = tmp_path / "scene.zarr"
+    summary = segment(
+        [str(scene)],
+        out,
+        model=tiny_model_path,
+        block=1024,
+        chunk=512,
+        actors=2,
+        probabilities=True,
+        progress=False,
+    )
+    assert summary["ok"], summary
+    report = summary["images"][0]
+    assert report["status"] == "done" and report["blocks"] == 6 and report["error"] is None
+
+    info = raster.open_info(str(scene))
+    pixels, valid = raster.read_window(str(scene), Window(0, 0, info.height, info.width))
+    predictor = TilePredictor(tiny_model_path, batch_size=16)
+    probs = predict_array(pixels, predictor, tile=256, overlap=64, blend="gaussian", valid=valid, fill=predictor.fill)
+    expected = to_mask(probs, valid)
+
+    group = zarr.open_group(str(out), mode="r")[report["group"]]
+    np.testing.assert_array_equal(group["mask"][:], expected)
+    np.testing.assert_allclose(group["probability"][:], np.moveaxis(probs, -1, 0), atol=1e-5)
+    assert group.attrs["complete"] is True
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["images"][0]["tiles_run"] == report["tiles_run"] > 0
+
+
+def test_bad_file_fails_alone(ray_local, data_dir, tiny_model_path, tmp_path):
+    """A directory mixing good images with a corrupt one: the good ones finish, the bad one is reported."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(data_dir / "rasterio" / "shade.tif", src / "shade.tif")
+    shutil.copy(data_dir / "rasterio" / "RGB.byte.tif", src / "rgb.tif")
+    good = (data_dir / "rasterio" / "RGB.byte.tif").read_bytes()
+    (src / "broken.tif").write_bytes(good[: len(good) // 3])
+    (src / "notes.txt").write_text("not an image")
+    out = tmp_path / "mixed.zarr"
+    summary = segment([str(src)], out, model=tiny_model_path, bands=(1, 1, 1), block=1024, progress=False)
+    by_name = {Path(r["path"]).name: r for r in summary["images"]}
+    assert not summary["ok"]
+    assert by_name["broken.tif"]["status"] == "failed" and "broken.tif" in by_name["broken.tif"]["error"]
+    assert by_name["shade.tif"]["status"] == "done"
+    assert by_name["rgb.tif"]["status"] == "done"
+    assert by_name["notes.txt"]["status"] == "skipped"
+    assert set(store.image_groups(str(out))) >= {"shade", "rgb"}
+    rgb = zarr.open_group(str(out), mode="r")["rgb"]["mask"][:]
+    assert (rgb == 255).any() and (rgb != 255).any()  # the nodata collar stays nodata
+
+
+def test_sparse_scene_costs_in_proportion_to_valid_area(ray_local, data_dir, tiny_model_path, tmp_path):
+    """RGB.byte.tif has a wide nodata collar: fully invalid tiles are skipped, counted and reported."""
+    path = data_dir / "rasterio" / "RGB.byte.tif"
+    out = tmp_path / "sparse.zarr"
+    summary = segment([str(path)], out, model=tiny_model_path, tile=64, overlap=16, block=1024, progress=False)
+    r = summary["images"][0]
+    assert r["status"] == "done"
+    assert r["tiles_skipped"] > 0 and r["tiles_run"] > 0
+    assert summary["totals"]["tiles_skipped"] == r["tiles_skipped"]
+    info = raster.open_info(str(path))
+    _, valid = raster.read_window(str(path), Window(0, 0, info.height, info.width))
+    grid = TileGrid(info.height, info.width, tile=64, overlap=16)
+    touching_valid = sum(bool(valid[t.row : t.row + 64, t.col : t.col + 64].any()) for t in grid.tiles())
+    assert r["tiles_run"] == touching_valid  # exactly the tiles that see a valid pixel (one block: no repeats)
+    assert r["tiles_run"] + r["tiles_skipped"] == grid.count
+
+
+def test_existing_store_needs_resume_or_overwrite(ray_local, data_dir, tiny_model_path, tmp_path):
+    out = tmp_path / "twice.zarr"
+    args = ([str(data_dir / "rasterio" / "shade.tif")], out)
+    assert segment(*args, model=tiny_model_path, bands=(1, 1, 1), progress=False)["ok"]
+    with pytest.raises(FileExistsError, match="--resume"):
+        segment(*args, model=tiny_model_path, bands=(1, 1, 1), progress=False)
+    again = segment(*args, model=tiny_model_path, bands=(1, 1, 1), resume=True, progress=False)
+    assert again["ok"] and again["images"][0]["blocks_run"] == 0  # nothing left to do
+
+
+def test_pool_size_never_claims_every_cpu():
+    actors, gpus, cpus, threads = pool_size(None, None, {"CPU": 2})
+    assert (actors, gpus) == (1, 0.0) and cpus <= 1 and threads == 2
+    actors, gpus, cpus, _ = pool_size(2, None, {"CPU": 2})
+    assert actors == 2 and 2 * cpus < 2
+    actors, gpus, cpus, _ = pool_size(None, 0.5, {"CPU": 8, "GPU": 2})
+    assert actors == 4 and gpus == 0.5 and 4 * cpus < 8
+
+
+def test_cli_help_explains_the_options():
+    result = subprocess.run(
+        [sys.executable, "-m", "tileseg.cli", "segment", "--help"], capture_output=True, text=True, check=True
+    )
+    for option in ("--tile", "--overlap", "--blend", "--batch-size", "--bands", "--probabilities", "--actors",
+                   "--gpus-per-actor", "--block", "--resume", "--fail-fast", "--model"):  # fmt: skip
+        assert option in result.stdout
+
+
+def test_cluster_config_is_valid_against_rays_schema():
+    import jsonschema
+    import ray
+    import yaml
+
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    config = yaml.safe_load((REPO / "ray_cluster.yaml").read_text())
+    jsonschema.validate(config, schema)
+    types = config["available_node_types"]
+    assert any(t.get("resources", {}).get("GPU", 0) >= 1 for t in types.values())
+    assert any("tileseg" in cmd for cmd in config["setup_commands"])
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

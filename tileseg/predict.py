@@ -1,0 +1,192 @@
+"""Model inference on tiles and blocks: the code that runs inside the Ray actors (and in notebooks).
+
+`TilePredictor` loads an artifact once and maps raw tiles to class probabilities with the artifact's
+own normalisation. `BlockPredictor` is the Ray Data actor: one block in, its blended mask out.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tileseg.grid import Block, Window
+from tileseg.stitch import predict_block
+
+NODATA = 255
+
+
+def configure_tensorflow(threads: int | None) -> None:
+    """Set TF's thread pools before the first op (Ray's OMP_NUM_THREADS does not reach TF)."""
+    import tensorflow as tf
+
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, int(threads)))
+        except RuntimeError:  # already initialised in this process: keep what it has
+            pass
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass
+
+
+class TilePredictor:
+    """Raw tiles (N, t, t, C) -> probabilities (N, t, t, K), normalised as the artifact says.
+
+    Batches are padded to a fixed size so every call runs the same compiled graph: a tile's result
+    does not depend on which other tiles share its batch.
+    """
+
+    def __init__(self, model_path: str | Path, *, batch_size: int = 16, threads: int | None = None):
+        configure_tensorflow(threads)
+        import tensorflow as tf
+
+        from tileseg.model import load_model
+
+        self.model, self.metadata = load_model(model_path)
+        self.batch_size = int(batch_size)
+        self.mean = np.asarray(self.metadata["mean"], np.float32)
+        self.std = np.asarray(self.metadata["std"], np.float32)
+        self.num_classes = len(self.metadata["classes"])
+        self._run = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        n = len(tiles)
+        out = []
+        for start in range(0, n, self.batch_size):
+            chunk = (np.asarray(tiles[start : start + self.batch_size], np.float32) - self.mean) / self.std
+            k = len(chunk)
+            if k < self.batch_size:
+                pad = np.zeros((self.batch_size - k, *chunk.shape[1:]), np.float32)
+                chunk = np.concatenate([chunk, pad])
+            out.append(np.asarray(self._run(chunk))[:k])
+        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+    @property
+    def fill(self) -> np.ndarray:
+        """The raw value that normalises to 0: what invalid pixels are replaced with."""
+        return self.mean
+
+
+def to_mask(probs: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """Class index per pixel (uint8), NODATA where the input was invalid."""
+    mask = np.argmax(probs, axis=-1).astype(np.uint8)
+    if valid is not None:
+        mask[~valid] = NODATA
+    return mask
+
+
+def segment_block(
+    predictor: TilePredictor,
+    pixels: np.ndarray,
+    valid: np.ndarray,
+    block: Block,
+    settings: Mapping[str, Any],
+):
+    """Blend one block's tiles; return (mask, probabilities (K, h, w) or None, TileCounts)."""
+    probs, counts = predict_block(
+        pixels,
+        valid,
+        block,
+        predictor,
+        tile=settings["tile"],
+        overlap=settings["overlap"],
+        blend=settings["blend"],
+        batch_size=settings["batch_size"],
+        num_classes=predictor.num_classes,
+        fill=predictor.fill,
+    )
+    r = block.region
+    rv = valid[r.row - block.read.row : r.row - block.read.row + r.height,
+               r.col - block.read.col : r.col - block.read.col + r.width]  # fmt: skip
+    mask = to_mask(probs, rv)
+    probability = np.moveaxis(probs, -1, 0) if settings.get("probabilities") else None
+    return mask, probability, counts
+
+
+def block_from_row(row: Mapping[str, Any]) -> Block:
+    """Rebuild the Block value from a work item's plain fields."""
+    return Block(
+        index=int(row["block"]),
+        region=Window(*(int(v) for v in row["region"])),
+        read=Window(*(int(v) for v in row["read"])),
+        tile_rows=tuple(int(v) for v in row["tile_rows"]),
+        tile_cols=tuple(int(v) for v in row["tile_cols"]),
+    )
+
+
+class BlockPredictor:
+    """Ray Data actor: loads the model once, then turns each block's pixels into its mask.
+
+    The artifact travels as bytes through the object store, so worker nodes need no shared disk
+    for the model.
+    """
+
+    def __init__(self, model_bytes: Any, settings: Mapping[str, Any], threads: int | None = None):
+        import ray
+
+        if isinstance(model_bytes, ray.ObjectRef):
+            model_bytes = ray.get(model_bytes)
+        self.settings = dict(settings)
+        fd, path = tempfile.mkstemp(suffix=".keras", prefix="tileseg-model-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(model_bytes)
+        try:
+            self.predictor = TilePredictor(path, batch_size=settings["batch_size"], threads=threads)
+        finally:
+            os.unlink(path)
+        # Warm up: compile the graph before the first real block arrives.
+        t = settings["tile"]
+        self.predictor(np.zeros((1, t, t, len(self.predictor.mean)), np.float32))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["block"])
+        masks, probs, runs, skips, errors, seconds = [], [], [], [], [], []
+        for i in range(n):
+            row = {key: batch[key][i] for key in batch}
+            start = time.perf_counter()
+            mask = np.zeros((0, 0), np.uint8)
+            prob = np.zeros((0, 0, 0), np.float32)
+            run = skip = 0
+            error = str(row.get("error") or "")
+            if not error:
+                try:
+                    mask, p, counts = segment_block(
+                        self.predictor, row["pixels"], row["valid"], block_from_row(row), self.settings
+                    )
+                    if p is not None:
+                        prob = p
+                    run, skip = counts.run, counts.skipped
+                except Exception as exc:  # one bad block must not kill the job: report it
+                    error = f"{row['path']}: prediction failed: {type(exc).__name__}: {exc}"
+            masks.append(mask)
+            probs.append(prob)
+            runs.append(run)
+            skips.append(skip)
+            errors.append(error)
+            seconds.append(float(row.get("read_seconds", 0.0)) + time.perf_counter() - start)
+        out = {key: batch[key] for key in batch if key not in ("pixels", "valid")}
+        out.update(
+            mask=_object_array(masks),
+            probability=_object_array(probs),
+            tiles_run=np.asarray(runs, np.int64),
+            tiles_skipped=np.asarray(skips, np.int64),
+            error=np.asarray(errors, dtype=object),
+            seconds=np.asarray(seconds, np.float64),
+        )
+        return out
+
+
+def _object_array(items: list[np.ndarray]) -> np.ndarray:
+    arr = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        arr[i] = item
+    return arr
