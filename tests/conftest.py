@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-# Keep TensorFlow quiet and on the CPU in tests, whatever the machine has.
+# Keep TensorFlow quiet in tests. (CUDA_VISIBLE_DEVICES is left alone: Ray's logical GPUs need it unset.)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("TILESEG_DATA", REPO.parent / "shared" / "data"))

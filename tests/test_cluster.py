@@ -45,6 +45,7 @@ def _env(tmp: str) -> dict[str, str]:
     env.update(
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         PYTHONUNBUFFERED="1",
+        RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=secrets.token_hex(32),
         RAY_USAGE_STATS_ENABLED="0",
         TMPDIR=tmp,
@@ -124,6 +125,7 @@ def test_ray_job_submit_to_a_local_head(small_scene, expected, tiny_model_path, 
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
          f"--port={_free_port()}", "--num-cpus=2", "--include-dashboard=true",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={tmp}",
+         f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}",
          "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
@@ -140,12 +142,16 @@ def test_ray_job_submit_to_a_local_head(small_scene, expected, tiny_model_path, 
             assert head.poll() is None, "ray start --head exited"
             assert time.monotonic() < deadline, f"the head never answered: {probe.stderr[-2000:]}"
             time.sleep(2)
-        job = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-             "python", "jobs/segment.py", str(small_scene), "--out", str(out), "--model", str(tiny_model_path),
-             "--block", "1024", "--chunk", "512", "--quiet"],
-            env=env, capture_output=True, text=True, timeout=420,
-        )  # fmt: skip
+        for _ in range(30):  # the job agent can come up a little after the dashboard answers
+            job = subprocess.run(
+                [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+                 "python", "jobs/segment.py", str(small_scene), "--out", str(out), "--model", str(tiny_model_path),
+                 "--block", "1024", "--chunk", "512", "--quiet"],
+                env=env, capture_output=True, text=True, timeout=420,
+            )  # fmt: skip
+            if "No available agent" not in job.stdout + job.stderr:
+                break
+            time.sleep(2)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in (job.stdout + job.stderr).lower()
     finally:
@@ -162,19 +168,22 @@ def test_worker_node_killed_mid_job(small_scene, expected, tiny_model_path, tmp_
 
     tmp = tempfile.mkdtemp(prefix="tscl-", dir="/tmp")
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_temp_dir": tmp})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": tmp, "include_dashboard": False})
     doomed = cluster.add_node(num_cpus=1, num_gpus=1)
     cluster.add_node(num_cpus=1, num_gpus=1)
     cluster.wait_for_nodes()
     out = tmp_path / "killed.zarr"
     killed = threading.Event()
+    done_at_kill: list[int] = []
 
     def kill_when_started() -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not killed.is_set():
             try:
-                if store.done_blocks(str(out), "kampala_crop"):
+                done = store.done_blocks(str(out), "kampala_crop")
+                if done:
                     cluster.remove_node(doomed, allow_graceful=False)
+                    done_at_kill.append(len(done))
                     killed.set()
                     return
             except Exception:  # the store is not there yet
@@ -195,6 +204,7 @@ def test_worker_node_killed_mid_job(small_scene, expected, tiny_model_path, tmp_
         ray.shutdown()
         cluster.shutdown()
         _kill_tree(None, tmp)
+    assert done_at_kill and done_at_kill[0] < 6, "the node must die while blocks are still to do"
     assert summary["ok"], summary["images"]
     report = summary["images"][0]
     assert report["blocks_run"] == report["blocks"] == 6
