@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import secrets
@@ -183,10 +184,15 @@ class RaySession:
             if not any(k in os.environ for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
                 # Token auth stays on, with a token that lives in this process tree only (not ~/.ray).
                 os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+                # Ray then enables token mode itself; its notice about that is not for our users.
+                logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             ray.init(
                 num_cpus=self.num_cpus,
                 include_dashboard=False,
+                # Workers' own chatter (TensorFlow start-up lines) stays in the session logs; failures
+                # reach the user through the job's summary. TILESEG_RAY_LOGS=1 shows everything.
+                log_to_driver=os.environ.get("TILESEG_RAY_LOGS", "") not in ("", "0"),
                 _node_ip_address="127.0.0.1",
                 _temp_dir=self.temp_dir,
                 logging_level="WARNING",
@@ -279,6 +285,7 @@ class Progress:
         self.enabled = enabled
         self.tty = sys.stderr.isatty()
         self.last_print = 0.0
+        self.last_line = ""
 
     def update(self, tiles_run: int, tiles_skipped: int) -> None:
         self.done_blocks += 1
@@ -304,6 +311,9 @@ class Progress:
             f"[{bar}] blocks {self.done_blocks}/{self.blocks}  tiles {self.done_tiles}/{self.tiles}  "
             f"{rate:.1f} tiles/s  ETA {eta_text}"
         )
+        if line == self.last_line and not self.tty:
+            return
+        self.last_line = line
         end = "\n" if final or not self.tty else ""
         print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
 
@@ -406,6 +416,7 @@ def segment(
 
     # Plan: headers only, on the driver. A bad file fails alone, here, before any work is queued.
     paths, skipped = raster.discover(list(inputs))
+    paths = [_absolute(p) for p in paths]  # workers (and the store's records) need paths that work anywhere
     reports: list[ImageReport] = [ImageReport(path=p, status="skipped", error=why) for p, why in skipped]
     items: list[dict[str, Any]] = []
     images: list[ImageReport] = []
@@ -536,6 +547,7 @@ def _run_blocks(
     from tileseg.predict import BlockPredictor
 
     with RaySession(address, num_cpus):
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress line replaces Ray Data's
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.enable_operator_progress_bars = False
@@ -558,6 +570,7 @@ def _run_blocks(
                 compute=ray.data.ActorPoolStrategy(size=n_actors),
                 num_cpus=cpus,
                 num_gpus=gpus or None,  # Ray Data restarts dead actors and retries their blocks
+                runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}},
             )
             .map(write_stage, fn_kwargs={"out": out}, num_cpus=0.5)
         )
@@ -586,6 +599,13 @@ def _run_blocks(
                 print(f"\nerror: {stopped}", file=sys.stderr)
         bar.show(final=True)
         return stopped
+
+
+def _absolute(path: str) -> str:
+    """Local paths made absolute; URIs and GDAL virtual paths (s3://, /vsicurl/...) kept as they are."""
+    if "://" in path or path.startswith("/vsi"):
+        return path
+    return str(Path(path).resolve())
 
 
 def _report_dict(report: ImageReport) -> dict[str, Any]:

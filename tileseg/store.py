@@ -421,7 +421,9 @@ def image_groups(store: StoreLike) -> list[str]:
         root = zarr.open_group(_store_arg(store), mode="r", zarr_format=3)
     except FileNotFoundError:
         raise StoreError(f"{store}: no such Zarr store") from None
-    return sorted(k for k, g in root.groups() if "layout" in g.attrs)
+    with warnings.catch_warnings():  # the job's summary.json sits at the root: not a Zarr node, and fine
+        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
+        return sorted(k for k, g in root.groups() if "layout" in g.attrs)
 
 
 def read_georef(store: StoreLike, name: str) -> tuple[str | None, tuple[float, ...]]:
