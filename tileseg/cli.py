@@ -29,8 +29,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"mean / std  {meta['mean']} / {meta['std']}")
     print(f"tile        {meta['tile']}")
     for key, value in meta.items():
-        if key not in {"arch", "params", "classes", "bands", "mean", "std", "tile"}:
-            print(f"{key:<11} {json.dumps(value) if isinstance(value, dict | list) else value}")
+        if key in {"arch", "params", "classes", "bands", "mean", "std", "tile", "training"}:
+            continue
+        print(f"{key:<11} {json.dumps(value) if isinstance(value, dict | list) else value}")
+    training = dict(meta.get("training") or {})
+    long_items = {k: training.pop(k) for k in ("history", "commands", "best") if k in training}
+    for key, value in training.items():
+        print(f"training.{key:<14} {json.dumps(value) if isinstance(value, dict | list) else value}")
+    if long_items:
+        print(f"({', '.join(long_items)}: see `tileseg info {args.model} --json`)")
     return 0
 
 

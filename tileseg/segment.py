@@ -555,9 +555,12 @@ def _run_blocks(
         ctx.verbose_stats_logs = False
         n_actors, gpus, cpus, threads = pool_size(actors, gpus_per_actor, ray.cluster_resources())
         model_ref = ray.put(model_path.read_bytes())
+        # One environment for every stage's workers: quiet TF, and a bounded GDAL block cache (GDAL's
+        # default, 5% of RAM per process, would let each reader grow by gigabytes on big machines).
+        env = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", "GDAL_CACHEMAX": os.environ.get("GDAL_CACHEMAX", "256")}}
         ds = (
             ray.data.from_items(items, override_num_blocks=len(items))
-            .map(read_stage, fn_kwargs={"bands": list(bands)}, num_cpus=0.5)
+            .map(read_stage, fn_kwargs={"bands": list(bands)}, num_cpus=0.5, runtime_env=env)
             .map_batches(
                 BlockPredictor,
                 fn_constructor_kwargs={
@@ -570,9 +573,9 @@ def _run_blocks(
                 compute=ray.data.ActorPoolStrategy(size=n_actors),
                 num_cpus=cpus,
                 num_gpus=gpus or None,  # Ray Data restarts dead actors and retries their blocks
-                runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}},
+                runtime_env=env,
             )
-            .map(write_stage, fn_kwargs={"out": out}, num_cpus=0.5)
+            .map(write_stage, fn_kwargs={"out": out}, num_cpus=0.5, runtime_env=env)
         )
         tiles = sum(len(it["tile_rows"]) * len(it["tile_cols"]) for it in items)
         bar = Progress(len(items), tiles, enabled=progress)
