@@ -76,9 +76,14 @@ class TilePredictor:
         return self.mean
 
 
-def to_mask(probs: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-    """Class index per pixel (uint8), NODATA where the input was invalid."""
-    mask = np.argmax(probs, axis=-1).astype(np.uint8)
+def to_mask(probs: np.ndarray, valid: np.ndarray | None, rows: int = 512) -> np.ndarray:
+    """Class index per pixel (uint8), NODATA where the input was invalid.
+
+    Done in row strips: a whole-block argmax would make an int64 copy 8x the mask's size.
+    """
+    mask = np.empty(probs.shape[:2], dtype=np.uint8)
+    for r in range(0, probs.shape[0], rows):
+        mask[r : r + rows] = probs[r : r + rows].argmax(axis=-1)
     if valid is not None:
         mask[~valid] = NODATA
     return mask
