@@ -187,17 +187,21 @@ class RaySession:
                 # Ray then enables token mode itself; its notice about that is not for our users.
                 logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            ray.init(
-                num_cpus=self.num_cpus,
-                include_dashboard=False,
-                # Workers' own chatter (TensorFlow start-up lines) stays in the session logs; failures
-                # reach the user through the job's summary. TILESEG_RAY_LOGS=1 shows everything.
-                log_to_driver=os.environ.get("TILESEG_RAY_LOGS", "") not in ("", "0"),
-                _node_ip_address="127.0.0.1",
-                _temp_dir=self.temp_dir,
-                logging_level="WARNING",
-                configure_logging=True,
-            )
+            try:
+                ray.init(
+                    num_cpus=self.num_cpus,
+                    include_dashboard=False,
+                    # Workers' own chatter (TensorFlow start-up lines) stays in the session logs; failures
+                    # reach the user through the job's summary. TILESEG_RAY_LOGS=1 shows everything.
+                    log_to_driver=os.environ.get("TILESEG_RAY_LOGS", "") not in ("", "0"),
+                    _node_ip_address="127.0.0.1",
+                    _temp_dir=self.temp_dir,
+                    logging_level="WARNING",
+                    configure_logging=True,
+                )
+            except BaseException:
+                shutil.rmtree(self.temp_dir, ignore_errors=True)
+                raise
         self.started = True
         return self
 
