@@ -12,15 +12,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir's tileseg, not an old install
 
-from tileseg.train import add_arguments, init_ray, run_from_args  # noqa: E402
+from tileseg.train import add_arguments, run_from_args  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the training options, connect to (or start) Ray and train."""
+    """Parse the training options and train (on RAY_ADDRESS's cluster, or an embedded Ray)."""
     parser = argparse.ArgumentParser(prog="jobs/train.py", description="Train a tileseg model on Ray Train.")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    init_ray()
     return run_from_args(args)
 
 

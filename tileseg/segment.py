@@ -13,10 +13,8 @@ import json
 import logging
 import math
 import os
-import secrets
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,6 +28,7 @@ from tileseg import raster, store
 from tileseg.artifact import ArtifactError, read_metadata, resolve_model
 from tileseg.blend import BLENDS
 from tileseg.grid import DEFAULT_BLOCK, DEFAULT_CHUNK, Window, plan_blocks
+from tileseg.ray_session import RaySession
 
 DESCRIPTION = """\
 Segment images (files, directories, globs) with a tileseg model into one Zarr store.
@@ -157,61 +156,6 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --- Ray ------------------------------------------------------------------------------------------
-
-
-class RaySession:
-    """Connect to the cluster named by `address`/RAY_ADDRESS, or start an embedded Ray on 127.0.0.1.
-
-    The embedded Ray keeps every file it writes (sessions, logs) in a temp dir of its own that is
-    removed on exit, keeps its auth token in the environment rather than ~/.ray, and starts no dashboard.
-    """
-
-    def __init__(self, address: str | None = None, num_cpus: int | None = None):
-        self.address = address or os.environ.get("RAY_ADDRESS")
-        self.num_cpus = num_cpus
-        self.temp_dir: str | None = None
-        self.started = False
-
-    def __enter__(self) -> RaySession:
-        import ray
-
-        if ray.is_initialized():
-            return self
-        if self.address:
-            ray.init(address=self.address, logging_level="WARNING", log_to_driver=True)
-        else:
-            self.temp_dir = tempfile.mkdtemp(prefix="tileseg-ray-")
-            if not any(k in os.environ for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
-                # Token auth stays on, with a token that lives in this process tree only (not ~/.ray).
-                os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-                # Ray then enables token mode itself; its notice about that is not for our users.
-                logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            try:
-                ray.init(
-                    num_cpus=self.num_cpus,
-                    include_dashboard=False,
-                    # Workers' own chatter (TensorFlow start-up lines) stays in the session logs; failures
-                    # reach the user through the job's summary. TILESEG_RAY_LOGS=1 shows everything.
-                    log_to_driver=os.environ.get("TILESEG_RAY_LOGS", "") not in ("", "0"),
-                    _node_ip_address="127.0.0.1",
-                    _temp_dir=self.temp_dir,
-                    logging_level="WARNING",
-                    configure_logging=True,
-                )
-            except BaseException:
-                shutil.rmtree(self.temp_dir, ignore_errors=True)
-                raise
-        self.started = True
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import ray
-
-        if self.started:
-            ray.shutdown()
-        if self.temp_dir:
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def pool_size(

@@ -44,6 +44,7 @@ from tileseg.data import (
     split_pairs,
     validation_tiles,
 )
+from tileseg.ray_session import RaySession
 
 DEFAULT_CLASSES = ("background", "building")
 
@@ -489,19 +490,6 @@ def train_loop(plan: dict[str, Any]) -> None:
 # --- driver ----------------------------------------------------------------------------------------
 
 
-def init_ray(num_cpus: int | None = None) -> None:
-    """Connect to the cluster in RAY_ADDRESS, or start a private local Ray (127.0.0.1, no dashboard)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address="auto")
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 _temp_dir=tempfile.mkdtemp(prefix="tileseg-ray-"))
-
-
 def _run_paths(config: TrainConfig) -> tuple[Path, str]:
     out = Path(config.out).expanduser().resolve()
     storage = Path(config.storage_path).expanduser().resolve() if config.storage_path else out.parent / "runs"
@@ -606,27 +594,27 @@ def train(config: TrainConfig | Mapping[str, Any]) -> Path:
         print(f"[tileseg] resuming from {latest}" if latest else f"[tileseg] nothing to resume in {storage / name}")
     elif (storage / name).exists():
         shutil.rmtree(storage / name)  # a fresh run: Ray Train would otherwise restore the old one
-    init_ray()
-    trainer = TensorflowTrainer(
-        train_loop,
-        train_loop_config=plan,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=config.workers,
-            use_gpu=config.gpus_per_worker > 0,
-            resources_per_worker={"CPU": config.cpus_per_worker, "GPU": config.gpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=str(storage),
-            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        ),
-    )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint")
-    with result.checkpoint.as_directory() as folder:
-        return export(plan, Path(folder), out, time.time() - started)
+    with RaySession():  # RAY_ADDRESS's cluster, or an embedded Ray that is shut down and cleaned after
+        trainer = TensorflowTrainer(
+            train_loop,
+            train_loop_config=plan,
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=config.workers,
+                use_gpu=config.gpus_per_worker > 0,
+                resources_per_worker={"CPU": config.cpus_per_worker, "GPU": config.gpus_per_worker},
+            ),
+            run_config=ray.train.RunConfig(
+                name=name,
+                storage_path=str(storage),
+                failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            ),
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError("training finished without a checkpoint")
+        with result.checkpoint.as_directory() as folder:
+            return export(plan, Path(folder), out, time.time() - started)
 
 
 # --- command line ----------------------------------------------------------------------------------
