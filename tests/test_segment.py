@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -149,9 +148,3 @@ def test_cluster_config_is_valid_against_rays_schema():
     assert any(t.get("resources", {}).get("GPU", 0) >= 1 for t in types.values())
     assert any("tileseg" in cmd for cmd in config["setup_commands"])
 
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tileseg.grid import TileGrid, Window
-from tileseg.raster import RasterError, open_info, read_overview, read_window
+from tileseg.raster import RasterError, normalise, open_info, read_overview, read_window
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 MASK_SUFFIXES = (".tif", ".tiff", ".png")
@@ -270,7 +270,7 @@ class TileSampler:
                                                self.num_classes)
             if weights.mean() >= self.min_valid:
                 break
-        x = ((image - self.mean) / self.std).astype("float32") * (weights[..., None] > 0)
+        x = normalise(image, self.mean, self.std) * (weights[..., None] > 0)
         if self.augment:
             k = int(rng.integers(0, 8))
             x, labels, weights = d4(x, k), d4(labels, k), d4(weights, k)
@@ -341,5 +341,5 @@ def validation_tiles(
                 own = np.zeros_like(weights)
                 (r0, r1), (c0, c1) = row_spans[r], col_spans[c]
                 own[r0:r1, c0:c1] = 1.0
-                x = ((image - mean_a) / std_a).astype("float32") * (weights[..., None] > 0)
+                x = normalise(image, mean_a, std_a) * (weights[..., None] > 0)
                 yield x, labels, weights * own

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from tileseg.grid import Block, Window
+from tileseg.raster import normalise
 from tileseg.stitch import predict_block
 
 NODATA = 255
@@ -62,7 +63,7 @@ class TilePredictor:
         n = len(tiles)
         out = []
         for start in range(0, n, self.batch_size):
-            chunk = (np.asarray(tiles[start : start + self.batch_size], np.float32) - self.mean) / self.std
+            chunk = normalise(tiles[start : start + self.batch_size], self.mean, self.std)
             k = len(chunk)
             if k < self.batch_size:
                 pad = np.zeros((self.batch_size - k, *chunk.shape[1:]), np.float32)
