@@ -164,7 +164,7 @@ def model_only(
     t_import = time.perf_counter()
     predictor = TilePredictor(model_path, batch_size=batch_size, threads=threads)
     t_load = time.perf_counter()
-    predictor(np.zeros((1, TILE, TILE, 3), np.float32))  # the actor's warm-up: traces the padded graph
+    predictor(np.zeros((1, TILE, TILE, 3), np.float32))  # warm-up (not timed): trace and first execution
     t_warm = time.perf_counter()
 
     info = raster.open_info(image_path)
@@ -224,6 +224,18 @@ def model_only(
         "stitch_s": stitch_s,
         "write_s": write_s,
     }
+
+
+def bare_ray() -> dict[str, float]:
+    """Start and stop the job's embedded Ray (tileseg's RaySession) with no work: Ray's own fixed cost."""
+    t0 = time.perf_counter()
+    from tileseg.ray_session import RaySession
+
+    t1 = time.perf_counter()
+    with RaySession():
+        t2 = time.perf_counter()
+    t3 = time.perf_counter()
+    return {"import_s": t1 - t0, "init_s": t2 - t1, "shutdown_s": t3 - t2, "total_s": t3 - t1}
 
 
 # --- measuring the job's processes -----------------------------------------------------------------
@@ -504,6 +516,9 @@ def throughput(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     )
     job = dict(actors=1, block=args.block, chunk=args.chunk, batch_size=args.batch_size, marker=str(work),
                interval=1.0, memory=False)  # CPU times and RSS only: the sampler must not slow the job
+    print(f"bare Ray: start and stop the embedded Ray with no work ... (load {_load()})", flush=True)
+    ray_floor = min((in_subprocess(bare_ray) for _ in range(2)), key=lambda r: r["total_s"])
+    print(f"  init {ray_floor['init_s']:.1f} s + shutdown {ray_floor['shutdown_s']:.1f} s", flush=True)
     startup: dict[str, Any] | None = None
     if args.startup_probe:
         probe = str(work / "probe.tif")
@@ -537,7 +552,7 @@ def throughput(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                   f"(load {_load()})", flush=True)
             bases.append(base)
             e2es.append(e2e)
-        rows.append(_throughput_row(n, bases, e2es, startup))
+        rows.append(_throughput_row(n, bases, e2es, startup, ray_floor))
         if n > 1 and not args.keep:
             os.unlink(image)
     return rows
@@ -551,7 +566,11 @@ def _scene_shape(path: str) -> tuple[int, int]:
 
 
 def _throughput_row(
-    n: int, bases: list[dict[str, Any]], e2es: list[dict[str, Any]], startup: dict[str, Any] | None
+    n: int,
+    bases: list[dict[str, Any]],
+    e2es: list[dict[str, Any]],
+    startup: dict[str, Any] | None,
+    ray_floor: dict[str, float],
 ) -> dict[str, Any]:
     """One size's figures from its rounds: the best (least) wall and CPU seconds of each arm."""
     base = min(bases, key=lambda b: b["model_s"])
@@ -587,6 +606,12 @@ def _throughput_row(
         "startup_cpu_s": fixed_cpu,
         "startup_from": "probe" if startup else "wall - work",
         "steady_ratio": base["model_s"] / steady if steady > 0 else float("nan"),
+        # The best ratio any job could reach that starts Ray (ray_bound) and also TensorFlow and the model in a
+        # fresh process (fresh_bound), if everything else it did were free.
+        "ray_floor_s": ray_floor["total_s"],
+        "ray_bound": base["model_s"] / (base["model_s"] + ray_floor["total_s"]),
+        "fresh_bound": base["model_s"]
+        / (base["model_s"] + ray_floor["total_s"] + base["tf_import_s"] + base["model_load_s"]),
         "work_ratio": base["model_s"] / e2e["work_s"] if e2e["work_s"] else float("nan"),
         "cpu_ratio": model_cpu / e2e_cpu if e2e_cpu else float("nan"),
         "steady_cpu_ratio": model_cpu / (e2e_cpu - fixed_cpu) if e2e_cpu > fixed_cpu else float("nan"),
@@ -694,6 +719,12 @@ def print_throughput(rows: list[dict[str, Any]]) -> None:
     print("ratio = end-to-end / model-only throughput (wall); steady = the same without the fixed start-up "
           "(one-tile job); work = model-only / in-pipeline work seconds (read + predict + stitch + write); "
           "cpu = the same in CPU seconds of all processes (steady: minus the one-tile job's CPU s)")
+    for r in rows:
+        print(
+            f"{r['width']}x{r['height']} ceiling: bare Ray start + stop costs {r['ray_floor_s']:.1f} s, so no Ray job "
+            f"can exceed ratio {r['ray_bound']:.3f} here; with TF import + model load in a fresh process "
+            f"{r['fresh_bound']:.3f}"
+        )
     if any(r["rounds"] > 1 for r in rows):
         for r in rows:
             text = ", ".join(f"{a['model_only_s']:.1f}/{a['end_to_end_s']:.1f}" for a in r["all_rounds"])

@@ -148,3 +148,16 @@ def test_cluster_config_is_valid_against_rays_schema():
     assert any(t.get("resources", {}).get("GPU", 0) >= 1 for t in types.values())
     assert any("tileseg" in cmd for cmd in config["setup_commands"])
 
+
+
+def test_read_stage_ships_valid_only_when_something_is_invalid(data_dir):
+    from tileseg.segment import read_stage
+
+    scene = str(data_dir / "kampala" / "scene" / "kampala_z21_image.tif")
+    inside = read_stage({"path": scene, "read": [100, 100, 512, 512]}, bands=[1, 2, 3])
+    assert inside["error"] == "" and inside["pixels"].shape == (512, 512, 3)
+    assert inside["valid"].size == 0  # every pixel valid: nothing to ship
+    edge = read_stage({"path": scene, "read": [-64, -64, 512, 512]}, bands=[1, 2, 3])
+    assert edge["valid"].shape == (512, 512) and not edge["valid"][:64].any() and edge["valid"][64:, 64:].all()
+    bad = read_stage({"path": str(data_dir / "nope.tif"), "read": [0, 0, 8, 8]}, bands=[1, 2, 3])
+    assert "nope.tif" in bad["error"] and bad["pixels"].size == 0

@@ -281,3 +281,46 @@ def test_fill_replaces_invalid_pixels_per_band():
     seen = []
     predict_array(np.ones((100, 60, 2), np.float32), lambda b: seen.append(b.copy()) or b, fill=fill)
     assert (seen[0][0, 100:] == fill).all() and (seen[0][0, :100, :60] == 1).all()
+
+
+def _collect(shape_hw, classes):
+    """A sink that records what it receives and assembles the rows into a (h, w, K) array."""
+    got = np.full((*shape_hw, classes), np.nan, np.float32)
+    calls = []
+
+    def sink(first, rows):
+        assert rows.dtype == np.float32 and rows.shape[1:] == (shape_hw[1], classes)
+        calls.append((first, len(rows)))
+        got[first : first + len(rows)] = rows
+
+    return got, calls, sink
+
+
+@pytest.mark.parametrize("case", ["valid", "left-half-invalid", "top-rows-invalid", "all-invalid"])
+def test_sink_gets_the_same_rows_in_order_a_tile_at_most(case):
+    shape = (1300, 900)
+    img = image(shape) + 1.0
+    valid = np.ones(shape, bool)
+    if case == "left-half-invalid":
+        valid[:, :450] = False
+    elif case == "top-rows-invalid":
+        valid[:700] = False
+    elif case == "all-invalid":
+        valid[:] = False
+    for block in plan_blocks(*shape, tile=TILE, overlap=OVERLAP, block=1024, chunk=512):
+        r, rd = block.region, block.read
+        px = np.zeros((rd.height, rd.width, 2), np.float32)
+        vd = np.zeros((rd.height, rd.width), bool)
+        y0, x0 = max(rd.row, 0), max(rd.col, 0)
+        y1, x1 = min(rd.row + rd.height, shape[0]), min(rd.col + rd.width, shape[1])
+        px[y0 - rd.row : y1 - rd.row, x0 - rd.col : x1 - rd.col] = img[y0:y1, x0:x1]
+        vd[y0 - rd.row : y1 - rd.row, x0 - rd.col : x1 - rd.col] = valid[y0:y1, x0:x1]
+        kw = dict(tile=TILE, overlap=OVERLAP, blend="gaussian", batch_size=5, num_classes=3)
+        expected, counts = predict_block(px, vd, block, softmax_predict, **kw)
+        got, calls, sink = _collect((r.height, r.width), 3)
+        none, sink_counts = predict_block(px, vd, block, softmax_predict, sink=sink, **kw)
+        assert none is None and sink_counts == counts
+        np.testing.assert_array_equal(got, expected)  # bit for bit, every row delivered
+        starts = [first for first, _ in calls]
+        assert starts == sorted(starts) and all(n <= TILE for _, n in calls)
+        assert sum(n for _, n in calls) == r.height

@@ -71,6 +71,13 @@ class TilePredictor:
             out.append(np.asarray(self._run(chunk))[:k])
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
+    def trace(self, tile: int) -> None:
+        """Build the graph for full batches of `tile` tiles now, without running it (a quarter second,
+        where a warm-up batch would cost a whole batch of compute)."""
+        import tensorflow as tf
+
+        self._run.get_concrete_function(tf.TensorSpec((self.batch_size, tile, tile, len(self.mean)), tf.float32))
+
     @property
     def fill(self) -> np.ndarray:
         """The raw value that normalises to 0: what invalid pixels are replaced with."""
@@ -93,12 +100,27 @@ def to_mask(probs: np.ndarray, valid: np.ndarray | None, rows: int = 512) -> np.
 def segment_block(
     predictor: TilePredictor,
     pixels: np.ndarray,
-    valid: np.ndarray,
+    valid: np.ndarray | None,
     block: Block,
     settings: Mapping[str, Any],
 ):
-    """Blend one block's tiles; return (mask, probabilities (K, h, w) or None, TileCounts)."""
-    probs, counts = predict_block(
+    """Blend one block's tiles; return (mask, probabilities (K, h, w) or None, TileCounts).
+
+    `valid` None means every pixel is valid. The mask is taken from the blended rows as they finish, so
+    the block's (h, w, K) float32 probabilities are only ever held when they are asked for.
+    """
+    r = block.region
+    mask = np.empty((r.height, r.width), dtype=np.uint8)
+    probability = None
+    if settings.get("probabilities"):
+        probability = np.empty((predictor.num_classes, r.height, r.width), dtype=np.float32)
+
+    def sink(first: int, rows: np.ndarray) -> None:
+        mask[first : first + len(rows)] = rows.argmax(axis=-1)
+        if probability is not None:
+            probability[:, first : first + len(rows)] = np.moveaxis(rows, -1, 0)
+
+    _, counts = predict_block(
         pixels,
         valid,
         block,
@@ -109,12 +131,12 @@ def segment_block(
         batch_size=settings["batch_size"],
         num_classes=predictor.num_classes,
         fill=predictor.fill,
+        sink=sink,
     )
-    r = block.region
-    rv = valid[r.row - block.read.row : r.row - block.read.row + r.height,
-               r.col - block.read.col : r.col - block.read.col + r.width]  # fmt: skip
-    mask = to_mask(probs, rv)
-    probability = np.moveaxis(probs, -1, 0) if settings.get("probabilities") else None
+    if valid is not None:
+        rv = valid[r.row - block.read.row : r.row - block.read.row + r.height,
+                   r.col - block.read.col : r.col - block.read.col + r.width]  # fmt: skip
+        mask[~rv] = NODATA
     return mask, probability, counts
 
 
@@ -149,9 +171,7 @@ class BlockPredictor:
             self.predictor = TilePredictor(path, batch_size=settings["batch_size"], threads=threads)
         finally:
             os.unlink(path)
-        # Warm up: compile the graph before the first real block arrives.
-        t = settings["tile"]
-        self.predictor(np.zeros((1, t, t, len(self.predictor.mean)), np.float32))
+        self.predictor.trace(settings["tile"])  # the graph is ready before the first block arrives
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["block"])
@@ -165,8 +185,9 @@ class BlockPredictor:
             error = str(row.get("error") or "")
             if not error:
                 try:
+                    valid = row["valid"] if np.size(row["valid"]) else None  # empty: all valid (read_stage)
                     mask, p, counts = segment_block(
-                        self.predictor, row["pixels"], row["valid"], block_from_row(row), self.settings
+                        self.predictor, row["pixels"], valid, block_from_row(row), self.settings
                     )
                     if p is not None:
                         prob = p

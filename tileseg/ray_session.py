@@ -14,11 +14,21 @@ class RaySession:
 
     The embedded Ray keeps every file it writes (sessions, logs) in a temp dir of its own that is
     removed on exit, keeps its auth token in the environment rather than ~/.ray, and starts no dashboard.
+
+    `worker_env` holds defaults for the workers' environment (a variable already set here wins). An
+    embedded Ray's workers inherit it from the raylet, so tasks need no runtime_env of their own and can
+    run on the workers Ray starts ahead of time; on any other Ray, pass `runtime_env` to tasks and actors.
     """
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None):
+    def __init__(
+        self, address: str | None = None, num_cpus: int | None = None, worker_env: dict[str, str] | None = None
+    ):
         self.address = address or os.environ.get("RAY_ADDRESS")
         self.num_cpus = num_cpus
+        self.worker_env = {k: os.environ.get(k, v) for k, v in (worker_env or {}).items()}
+        # What tasks and actors must carry so that their workers see worker_env: nothing when this session
+        # starts the embedded Ray itself (set in __enter__), the variables on any Ray started elsewhere.
+        self.runtime_env: dict | None = {"env_vars": self.worker_env} if self.worker_env else None
         self.temp_dir: str | None = None
         self.started = False
 
@@ -37,6 +47,9 @@ class RaySession:
                 # Ray then enables token mode itself; its notice about that is not for our users.
                 logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            self.runtime_env = None
+            saved = {k: os.environ.get(k) for k in self.worker_env}
+            os.environ.update(self.worker_env)  # the raylet starts now and passes it on to every worker
             try:
                 ray.init(
                     num_cpus=self.num_cpus,
@@ -52,6 +65,12 @@ class RaySession:
             except BaseException:
                 shutil.rmtree(self.temp_dir, ignore_errors=True)
                 raise
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
         self.started = True
         return self
 

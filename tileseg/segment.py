@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import shutil
 import sys
 import threading
@@ -194,6 +193,8 @@ def read_stage(row: dict[str, Any], bands: Sequence[int] | None) -> dict[str, An
     except Exception as exc:  # noqa: BLE001 - any reader failure is this image's error, not the job's
         pixels, valid = np.zeros((0, 0, 1), np.uint8), np.zeros((0, 0), bool)
         row["error"] = str(exc) if isinstance(exc, raster.RasterError) else f"{row['path']}: {exc}"
+    if valid.all():
+        valid = np.zeros((0, 0), bool)  # the common case travels light: empty means every pixel is valid
     row["pixels"], row["valid"] = pixels, valid
     row["read_seconds"] = time.perf_counter() - start
     return row
@@ -397,6 +398,10 @@ def segment(
                 break
             continue
         report.group, report.blocks = name, len(blocks)
+        # What one block weighs in the object store: its pixels and valid mask in, its mask (and float32
+        # probabilities) out. Bounds how far reading may run ahead of the model.
+        pixel_bytes = len(bands) * np.dtype(info.dtype).itemsize + 1
+        out_bytes = 1 + (4 * len(meta["classes"]) if probabilities else 0)
         done = store.done_blocks(out, name) if resume else set()
         report.blocks_resumed = len(done)
         for b in blocks:
@@ -412,6 +417,7 @@ def segment(
                     "read": list(b.read),
                     "tile_rows": list(b.tile_rows),
                     "tile_cols": list(b.tile_cols),
+                    "bytes": b.read.height * b.read.width * pixel_bytes + b.region.height * b.region.width * out_bytes,
                 }
             )
 
@@ -494,7 +500,10 @@ def _run_blocks(
 
     from tileseg.predict import BlockPredictor
 
-    with RaySession(address, num_cpus):
+    # One environment for every stage's workers: quiet TF, and a bounded GDAL block cache (GDAL's default,
+    # 5% of RAM per process, would let each reader grow by gigabytes on big machines).
+    worker_env = {"TF_CPP_MIN_LOG_LEVEL": "2", "GDAL_CACHEMAX": "256"}
+    with RaySession(address, num_cpus, worker_env=worker_env) as session:
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress line replaces Ray Data's
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
@@ -502,10 +511,12 @@ def _run_blocks(
         ctx.print_on_execution_start = False
         ctx.verbose_stats_logs = False
         n_actors, gpus, cpus, threads = pool_size(actors, gpus_per_actor, ray.cluster_resources())
+        # Streaming, not flooding: about two blocks per actor in flight (read, queued or being written), so
+        # memory stays a few blocks deep however large the input (Ray Data would otherwise read far ahead).
+        budget = max(it["bytes"] for it in items) * (2 * n_actors + 2)
+        ctx.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(object_store_memory=budget)
         model_ref = ray.put(model_path.read_bytes())
-        # One environment for every stage's workers: quiet TF, and a bounded GDAL block cache (GDAL's
-        # default, 5% of RAM per process, would let each reader grow by gigabytes on big machines).
-        env = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", "GDAL_CACHEMAX": os.environ.get("GDAL_CACHEMAX", "256")}}
+        env = session.runtime_env  # None on an embedded Ray: its workers already have worker_env
         ds = (
             ray.data.from_items(items, override_num_blocks=len(items))
             .map(read_stage, fn_kwargs={"bands": list(bands)}, num_cpus=0.5, runtime_env=env)

@@ -20,6 +20,9 @@ from tileseg.grid import Block, Window, plan_blocks
 Predict = Callable[[np.ndarray], np.ndarray]
 """Maps an (N, tile, tile, C) float32 batch to (N, tile, tile, K) probabilities."""
 
+Sink = Callable[[int, np.ndarray], None]
+"""Takes finished rows of a block's region: (first row, (n, width, K) float32 probabilities)."""
+
 
 @dataclass
 class TileCounts:
@@ -77,7 +80,8 @@ def predict_block(
     batch_size: int = 16,
     num_classes: int | None = None,
     fill: float | np.ndarray = 0.0,
-) -> tuple[np.ndarray, TileCounts]:
+    sink: Sink | None = None,
+) -> tuple[np.ndarray | None, TileCounts]:
     """Predict the tiles of `block` from `pixels` (h, w, C covering block.read) and blend them on its region.
 
     Tiles without a valid pixel are skipped (never passed to `predict`); invalid pixels are set to `fill`
@@ -85,6 +89,9 @@ def predict_block(
     when `predict` normalises itself) and come back 0.  Returns ((region h, w, K) float32, counts).
     `num_classes` is required when every tile may be skipped (K cannot be learnt from `predict` then).
     Memory beyond the output is a few tile rows x region width plus one batch.
+
+    With `sink`, no (h, w, K) output is held: finished rows go to `sink` top to bottom, at most a tile's
+    height at a time, with the same values, and (None, counts) is returned.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -95,6 +102,10 @@ def predict_block(
     if (read.height, read.width) != (rows[-1] - rows[0] + tile, cols[-1] - cols[0] + tile):
         raise ValueError(f"block {block.index} was not planned with tile={tile}")
     counts = TileCounts(grid=_owned(block))
+    region_valid = None
+    if valid is not None:
+        y0, x0 = region.row - read.row, region.col - read.col
+        region_valid = valid[y0 : y0 + region.height, x0 : x0 + region.width]
     channels = pixels.shape[2]
     fill_value = _fill(fill, channels)
     out: np.ndarray | None = None
@@ -106,19 +117,34 @@ def predict_block(
     added = 0
     final = 0  # rows [0, final) of the region are final even if no accumulator exists yet
 
+    def deliver(first: int, rows: np.ndarray) -> None:
+        if region_valid is not None:
+            rows[~region_valid[first : first + len(rows)]] = 0
+        sink(first, rows)  # type: ignore[misc]
+
     def start(classes: int) -> None:
         nonlocal out, acc
         if num_classes is not None and classes != num_classes:
             raise ValueError(f"predict returned {classes} classes, expected num_classes={num_classes}")
-        out = np.zeros((region.height, region.width, classes), dtype=np.float32)
         acc = RollingAccumulator(region.height, region.width, classes, tile)
-        acc.emit_until(final, out=out[:final])  # rows whose tiles were all skipped: 0, no buffer growth
+        if sink is None:
+            out = np.zeros((region.height, region.width, classes), dtype=np.float32)
+        release(final)  # rows whose tiles were all skipped: 0, no buffer growth
+
+    def release(until: int) -> None:
+        """Hand rows [acc.emitted, until) on: into `out`, or to the sink a tile's height at a time."""
+        assert acc is not None
+        if out is not None:
+            acc.emit_until(until, out=out[acc.emitted : until])
+            return
+        while acc.emitted < until:
+            deliver(*acc.emit_until(min(until, acc.emitted + tile)))
 
     def emit(until: int) -> None:
         nonlocal final
         final = min(max(until, final), region.height)
-        if acc is not None and out is not None:
-            acc.emit_until(final, out=out[acc.emitted : final])
+        if acc is not None:
+            release(final)
 
     def flush() -> None:
         nonlocal added
@@ -161,13 +187,15 @@ def predict_block(
             emit(boundaries.popleft()[1])
     flush()
 
-    if out is None:
+    if acc is None:
         if num_classes is None:
             raise ValueError("every tile of the block was skipped (no valid pixel): pass num_classes")
-        out = np.zeros((region.height, region.width, num_classes), dtype=np.float32)
-    if valid is not None:
-        y0, x0 = region.row - read.row, region.col - read.col
-        out[~valid[y0 : y0 + region.height, x0 : x0 + region.width]] = 0
+        start(num_classes)
+        emit(region.height)
+    if out is None:
+        return None, counts
+    if region_valid is not None:
+        out[~region_valid] = 0
     return out, counts
 
 
