@@ -8,8 +8,10 @@ Kampala scene (and N x N mosaics of it, `--repeat`) twice on the SAME tiles:
   with the job actor's TF thread count; timed after model load and a warm-up call.  It runs in its own
   process before the job starts, so it sees the CPU as the job's actor does (no Ray running).
 * end-to-end: `tileseg.segment.segment(..., actors=1, progress=False)`, timed from call to return, so it
-  includes Ray start, actor start (TF import, model load, warm-up), reading, stitching, writing and
+  includes Ray start, actor start (TF import, model load, graph trace), reading, stitching, writing and
   shutdown.
+* bare Ray: tileseg's embedded Ray started and stopped with no work, the floor of every job's wall time;
+  model-only s / (model-only s + that) is the best ratio any job on an embedded Ray could reach.
 
 Ratio = end-to-end Mpx/s / model-only Mpx/s (the issue asks >= 0.9).  Because the fixed start-up is paid
 once per job, the steady-state ratio excludes it: start-up is measured by segmenting a one-tile crop
