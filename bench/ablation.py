@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from tileseg.train import TrainConfig, Trainer, _configure_threads, prepare  # noqa: E402
+from tileseg.predict import configure_tensorflow  # noqa: E402
+from tileseg.train import TrainConfig, Trainer, prepare  # noqa: E402
 
 ARCHS = ("unet", "attention_unet")
 
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "python bench/ablation.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
 
-    _configure_threads(args.threads)
+    configure_tensorflow(args.threads, inter_op=1 if args.threads <= 2 else 2)
     data = Path(args.data)
     config = TrainConfig(
         images=[str(data / "train")], val_images=[str(data / "val")], out="unused.keras", tile=args.tile,

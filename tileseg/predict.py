@@ -22,14 +22,18 @@ from tileseg.stitch import predict_block
 NODATA = 255
 
 
-def configure_tensorflow(threads: int | None) -> None:
-    """Set TF's thread pools before the first op (Ray's OMP_NUM_THREADS does not reach TF)."""
+def configure_tensorflow(threads: int | None, inter_op: int | None = None) -> None:
+    """Set TF's thread pools before the first op (Ray's OMP_NUM_THREADS does not reach TF), and let GPU
+    memory grow as needed rather than taking it all (GPU actors may share a device).
+
+    `threads` intra-op threads; `inter_op` inter-op threads (default min(2, threads)).
+    """
     import tensorflow as tf
 
     if threads:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(int(threads))
-            tf.config.threading.set_inter_op_parallelism_threads(min(2, int(threads)))
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op or min(2, int(threads)))
         except RuntimeError:  # already initialised in this process: keep what it has
             pass
     for gpu in tf.config.list_physical_devices("GPU"):

@@ -44,6 +44,7 @@ from tileseg.data import (
     split_pairs,
     validation_tiles,
 )
+from tileseg.predict import configure_tensorflow
 from tileseg.ray_session import RaySession
 
 DEFAULT_CLASSES = ("background", "building")
@@ -248,17 +249,6 @@ def scores(cm: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
     return out
 
 
-def _configure_threads(cpus: int) -> None:
-    """Use the worker's CPU share: intra-op threads = its CPUs, one inter-op thread (before any TF op)."""
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(max(1, int(cpus)))
-        tf.config.threading.set_inter_op_parallelism_threads(1 if cpus <= 2 else 2)
-    except RuntimeError:  # TF already initialised in this process (e.g. a second in-process run)
-        pass
-
-
 class Trainer:
     """One worker's model, optimizer, strategy and step: shared by Ray workers and the ablation bench."""
 
@@ -427,7 +417,8 @@ def train_loop(plan: dict[str, Any]) -> None:
     import ray.train
     import tensorflow as tf
 
-    _configure_threads(int(plan["cpus_per_worker"]))
+    cpus = max(1, int(plan["cpus_per_worker"]))
+    configure_tensorflow(cpus, inter_op=1 if cpus <= 2 else 2)  # the worker's CPU share, before any TF op
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     strategy = tf.distribute.MultiWorkerMirroredStrategy() if world > 1 else tf.distribute.get_strategy()
