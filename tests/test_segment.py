@@ -161,3 +161,20 @@ def test_read_stage_ships_valid_only_when_something_is_invalid(data_dir):
     assert edge["valid"].shape == (512, 512) and not edge["valid"][:64].any() and edge["valid"][64:, 64:].all()
     bad = read_stage({"path": str(data_dir / "nope.tif"), "read": [0, 0, 8, 8]}, bands=[1, 2, 3])
     assert "nope.tif" in bad["error"] and bad["pixels"].size == 0
+
+
+def test_job_leaves_the_callers_ray_data_settings_alone(ray_local, data_dir, tiny_model_path, tmp_path):
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.enable_progress_bars, ctx.execution_options.resource_limits
+    ctx.enable_progress_bars = True  # a caller's own choices, which the job changes while it runs
+    ctx.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(object_store_memory=12345678)
+    try:
+        image = data_dir / "kampala" / "scene" / "kampala_z21_image.tif"
+        summary = segment([str(image)], tmp_path / "out.zarr", model=tiny_model_path, block=2048, progress=False)
+        assert summary["ok"]
+        assert ctx.enable_progress_bars is True
+        assert ctx.execution_options.resource_limits.object_store_memory == 12345678
+    finally:
+        ctx.enable_progress_bars, ctx.execution_options.resource_limits = saved

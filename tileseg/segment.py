@@ -16,7 +16,8 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -504,42 +505,35 @@ def _run_blocks(
     # 5% of RAM per process, would let each reader grow by gigabytes on big machines).
     worker_env = {"TF_CPP_MIN_LOG_LEVEL": "2", "GDAL_CACHEMAX": "256"}
     with RaySession(address, num_cpus, worker_env=worker_env) as session:
-        logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress line replaces Ray Data's
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.enable_operator_progress_bars = False
-        ctx.print_on_execution_start = False
-        ctx.verbose_stats_logs = False
         n_actors, gpus, cpus, threads = pool_size(actors, gpus_per_actor, ray.cluster_resources())
         # Streaming, not flooding: about two blocks per actor in flight (read, queued or being written), so
         # memory stays a few blocks deep however large the input (Ray Data would otherwise read far ahead).
         budget = max(it["bytes"] for it in items) * (2 * n_actors + 2)
-        ctx.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(object_store_memory=budget)
-        model_ref = ray.put(model_path.read_bytes())
-        env = session.runtime_env  # None on an embedded Ray: its workers already have worker_env
-        ds = (
-            ray.data.from_items(items, override_num_blocks=len(items))
-            .map(read_stage, fn_kwargs={"bands": list(bands)}, num_cpus=0.5, runtime_env=env)
-            .map_batches(
-                BlockPredictor,
-                fn_constructor_kwargs={
-                    "model_bytes": model_ref,
-                    "settings": dict(settings),
-                    "threads": threads,
-                },
-                batch_size=1,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=n_actors),
-                num_cpus=cpus,
-                num_gpus=gpus or None,  # Ray Data restarts dead actors and retries their blocks
-                runtime_env=env,
+        with _data_context(budget), Watchdog(stall_timeout) as dog:
+            model_ref = ray.put(model_path.read_bytes())
+            env = session.runtime_env  # None on an embedded Ray: its workers already have worker_env
+            ds = (
+                ray.data.from_items(items, override_num_blocks=len(items))
+                .map(read_stage, fn_kwargs={"bands": list(bands)}, num_cpus=0.5, runtime_env=env)
+                .map_batches(
+                    BlockPredictor,
+                    fn_constructor_kwargs={
+                        "model_bytes": model_ref,
+                        "settings": dict(settings),
+                        "threads": threads,
+                    },
+                    batch_size=1,
+                    batch_format="numpy",
+                    compute=ray.data.ActorPoolStrategy(size=n_actors),
+                    num_cpus=cpus,
+                    num_gpus=gpus or None,  # Ray Data restarts dead actors and retries their blocks
+                    runtime_env=env,
+                )
+                .map(write_stage, fn_kwargs={"out": out}, num_cpus=0.5, runtime_env=env)
             )
-            .map(write_stage, fn_kwargs={"out": out}, num_cpus=0.5, runtime_env=env)
-        )
-        tiles = sum(len(it["tile_rows"]) * len(it["tile_cols"]) for it in items)
-        bar = Progress(len(items), tiles, enabled=progress)
-        stopped = None
-        with Watchdog(stall_timeout) as dog:
+            tiles = sum(len(it["tile_rows"]) * len(it["tile_cols"]) for it in items)
+            bar = Progress(len(items), tiles, enabled=progress)
+            stopped = None
             try:
                 for row in ds.iter_rows():
                     dog.beat()
@@ -561,6 +555,38 @@ def _run_blocks(
                 print(f"\nerror: {stopped}", file=sys.stderr)
         bar.show(final=True)
         return stopped
+
+
+@contextmanager
+def _data_context(object_store_budget: int) -> Iterator[None]:
+    """Ray Data settings for one job (our progress line instead of Ray Data's, the read-ahead budget),
+    put back afterwards so that a caller's own Ray Data work keeps its own."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    quiet = dict(
+        enable_progress_bars=False,
+        enable_operator_progress_bars=False,
+        print_on_execution_start=False,
+        verbose_stats_logs=False,
+    )
+    saved = {k: getattr(ctx, k) for k in quiet}
+    saved_limits = ctx.execution_options.resource_limits
+    logger = logging.getLogger("ray.data")
+    saved_level = logger.level
+    for k, v in quiet.items():
+        setattr(ctx, k, v)
+    ctx.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
+        object_store_memory=object_store_budget
+    )
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(ctx, k, v)
+        ctx.execution_options.resource_limits = saved_limits
+        logger.setLevel(saved_level)
 
 
 def _absolute(path: str) -> str:
