@@ -48,8 +48,12 @@ class RaySession:
                 logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             self.runtime_env = None
-            saved = {k: os.environ.get(k) for k in self.worker_env}
-            os.environ.update(self.worker_env)  # the raylet starts now and passes it on to every worker
+            # Workers' temp files (the actor's copy of the model, anything a library writes) go in the session
+            # dir and are removed with it, even when a worker is killed before it cleans up.
+            env = {**self.worker_env, "TMPDIR": self.temp_dir}
+            tempfile.gettempdir()  # the driver keeps its own temp dir: fix it before TMPDIR changes
+            saved = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)  # the raylet starts now and passes it on to every worker
             try:
                 ray.init(
                     num_cpus=self.num_cpus,
