@@ -69,6 +69,34 @@ def test_job_equals_in_memory_prediction_on_the_kampala_scene(ray_local, data_di
     assert on_disk["images"][0]["tiles_run"] == report["tiles_run"] > 0
 
 
+def test_uint16_with_alpha_and_reordered_bands(ray_local, data_dir, tiny_model_path, tmp_path):
+    """A uint16 RGBA file through the job: bands 3,2,1 in that order, alpha as the valid mask, several blocks,
+    probabilities stored as uint8, all equal to the same prediction in memory."""
+    src = str(data_dir / "rasterio" / "RGBA.uint16.tif")
+    out = tmp_path / "uint16.zarr"
+    summary = segment(
+        [src], out, model=tiny_model_path, bands=(3, 2, 1), block=512, chunk=256, probabilities=True,
+        probability_dtype="uint8", progress=False,
+    )  # fmt: skip
+    assert summary["ok"], summary
+    report = summary["images"][0]
+    assert report["blocks"] == 2 and report["tiles_skipped"] >= 0
+
+    info = raster.open_info(src)
+    pixels, valid = raster.read_window(src, Window(0, 0, info.height, info.width), bands=(3, 2, 1))
+    assert pixels.dtype == np.uint16 and 0.3 < valid.mean() < 0.7  # the alpha band's collar
+    predictor = TilePredictor(tiny_model_path, batch_size=16)
+    probs = predict_array(pixels, predictor, tile=256, overlap=64, blend="gaussian", valid=valid, fill=predictor.fill)
+    group = zarr.open_group(str(out), mode="r")[report["group"]]
+    mask = group["mask"][:]
+    np.testing.assert_array_equal(mask, to_mask(probs, valid))
+    assert (mask[~valid] == 255).all() and (mask[valid] != 255).all()
+    stored = group["probability"][:]
+    assert stored.dtype == np.uint8 and (stored[:, ~valid] == 255).all()
+    expected = np.rint(np.moveaxis(probs, -1, 0) * 254)
+    assert np.abs(stored[:, valid].astype(int) - expected[:, valid]).max() <= 1
+
+
 def test_bad_file_fails_alone(ray_local, data_dir, tiny_model_path, tmp_path):
     """A directory mixing good images with a corrupt one: the good ones finish, the bad one is reported."""
     src = tmp_path / "in"

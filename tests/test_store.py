@@ -105,7 +105,8 @@ def test_output_is_georeferenced_for_xarray_and_gdal(tmp_path: Path, data_dir: P
         np.testing.assert_array_equal(expected == 255, ~valid)
         prob = ds.probability
         assert prob.dims == ("class", "y", "x") and prob.dtype == np.float32
-        np.testing.assert_array_equal(prob.values[1], (expected / 255.0).astype(np.float32))  # exact
+        want = np.where(expected == 255, np.nan, expected / 255.0).astype(np.float32)  # NaN: nodata input
+        np.testing.assert_array_equal(prob.values[1], want)  # exact
 
 
 def test_nan_and_mask_band_inputs_come_out_as_nodata(tmp_path: Path) -> None:
@@ -289,16 +290,18 @@ def test_probability_storage(tmp_path: Path, dtype: str, tol: float) -> None:
     full = np.zeros((3, 130, 70), np.float32)
     for i, win in enumerate(plan):
         mask, prob = synthetic_outputs(win, 3)
+        mask[:5, :7] = st.MASK_NODATA  # nodata input there: no probability either
         st.write_block(store, "img", win, mask, prob, i)
         r, c, h, w = win
-        full[:, r : r + h, c : c + w] = prob
+        full[:, r : r + h, c : c + w] = np.where(mask == st.MASK_NODATA, np.nan, prob)
     stored = zarr.open_group(store, path="img", mode="r")["probability"][:]
     assert stored.dtype == np.dtype(dtype)
     ds = xr.open_zarr(store, group="img", consolidated=False)
-    decoded = ds.probability.values  # xarray applies the uint8 scale_factor
-    np.testing.assert_allclose(decoded, full, rtol=0, atol=tol)
+    decoded = ds.probability.values  # xarray applies the uint8 scale_factor and decodes 255 as NaN
+    assert np.isnan(full).any()
+    np.testing.assert_allclose(decoded, full, rtol=0, atol=tol)  # NaN where full is NaN
     if dtype == "uint8":
-        np.testing.assert_array_equal(stored, np.rint(full * 254).astype(np.uint8))
+        np.testing.assert_array_equal(stored, np.where(np.isnan(full), 255, np.rint(full * 254)).astype(np.uint8))
         q = st.quantise_probability(np.array([[[np.nan, 0.0, 1.0, 1.2]]]), "uint8")
         np.testing.assert_array_equal(q, [[[255, 0, 254, 254]]])
 

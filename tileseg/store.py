@@ -357,6 +357,8 @@ def write_block(
 ) -> None:
     """Write one block's mask (and probabilities) into a chunk-aligned region, then mark it done.
 
+    Where the mask is nodata (255) the probabilities are stored as nodata too: NaN, or 255 for uint8.
+
     Safe to call concurrently for different blocks from threads or processes: regions are checked to be
     chunk-aligned (and chunk-sized or reaching the edge), so no two blocks share a chunk object.
     """
@@ -390,7 +392,11 @@ def write_block(
             raise StoreError(
                 f"{name}: probability shape {probability.shape} does not match ({n_classes}, {h}, {w})"
             )
-        g["probability"][:, r : r + h, c : c + w] = quantise_probability(probability, prob_dtype)
+        stored = quantise_probability(probability, prob_dtype)
+        nodata = mask == MASK_NODATA
+        if nodata.any():  # no probability where the input was nodata: the array's fill (NaN, or 255 for uint8)
+            stored[:, nodata] = g["probability"].fill_value
+        g["probability"][:, r : r + h, c : c + w] = stored
     m_arr[r : r + h, c : c + w] = mask
     g["blocks_done"][block_index] = 1  # last: a block is reported done only once its data is stored
 
