@@ -206,3 +206,24 @@ def test_job_leaves_the_callers_ray_data_settings_alone(ray_local, data_dir, tin
         assert ctx.execution_options.resource_limits.object_store_memory == 12345678
     finally:
         ctx.enable_progress_bars, ctx.execution_options.resource_limits = saved
+
+
+def test_a_model_that_cannot_load_fails_the_job_cleanly(ray_local, data_dir, tiny_model_path, tmp_path):
+    """Valid metadata, broken weights: only the actors find out. The job still ends with a summary naming
+    the user's model file, every image marked failed, and exit status 1, not a traceback."""
+    import zipfile
+
+    from tileseg.segment import main
+
+    broken = tmp_path / "broken.keras"
+    with zipfile.ZipFile(tiny_model_path) as zin, zipfile.ZipFile(broken, "w") as zout:
+        for name in zin.namelist():
+            zout.writestr(name, b"not hdf5" if name.endswith(".h5") else zin.read(name))
+    image = str(data_dir / "kampala" / "scene" / "kampala_z21_image.tif")
+    out = tmp_path / "out.zarr"
+    assert main([image, "--out", str(out), "--model", str(broken), "--quiet", "--block", "2048"]) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert not summary["ok"]
+    (report,) = summary["images"]
+    assert report["status"] == "failed" and report["blocks_run"] == 0
+    assert str(broken) in report["error"] and "cannot load model" in report["error"]

@@ -162,8 +162,12 @@ class BlockPredictor:
     for the model.
     """
 
-    def __init__(self, model_bytes: Any, settings: Mapping[str, Any], threads: int | None = None):
+    def __init__(
+        self, model_bytes: Any, settings: Mapping[str, Any], threads: int | None = None, model_name: str = "model"
+    ):
         import ray
+
+        from tileseg.artifact import ArtifactError
 
         if isinstance(model_bytes, ray.ObjectRef):
             model_bytes = ray.get(model_bytes)
@@ -173,6 +177,8 @@ class BlockPredictor:
             f.write(model_bytes)
         try:
             self.predictor = TilePredictor(path, batch_size=settings["batch_size"], threads=threads)
+        except Exception as exc:  # the user knows their model by its own path, not by this copy's
+            raise ArtifactError(str(exc).replace(path, model_name)) from None
         finally:
             os.unlink(path)
         self.predictor.trace(settings["tile"])  # the graph is ready before the first block arrives

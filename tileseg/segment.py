@@ -521,6 +521,7 @@ def _run_blocks(
                         "model_bytes": model_ref,
                         "settings": dict(settings),
                         "threads": threads,
+                        "model_name": str(model_path),
                     },
                     batch_size=1,
                     batch_format="numpy",
@@ -552,6 +553,10 @@ def _run_blocks(
                 if not dog.fired:
                     raise
                 stopped = f"no block finished for {stall_timeout:.0f} s: the job was stopped (see Ray logs)"
+                print(f"\nerror: {stopped}", file=sys.stderr)
+            except Exception as exc:  # noqa: BLE001 - Ray Data gave up (a model that cannot load, actors that
+                # keep dying): blocks already written stay, and every image still gets its status.
+                stopped = f"the job stopped: {_brief(exc)}"
                 print(f"\nerror: {stopped}", file=sys.stderr)
         bar.show(final=True)
         return stopped
@@ -587,6 +592,13 @@ def _data_context(object_store_budget: int) -> Iterator[None]:
             setattr(ctx, k, v)
         ctx.execution_options.resource_limits = saved_limits
         logger.setLevel(saved_level)
+
+
+def _brief(exc: BaseException) -> str:
+    """The line of a (Ray-wrapped) exception that says what went wrong: its last, after any traceback."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(exc).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
 
 
 def _absolute(path: str) -> str:
