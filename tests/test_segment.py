@@ -227,3 +227,14 @@ def test_a_model_that_cannot_load_fails_the_job_cleanly(ray_local, data_dir, tin
     (report,) = summary["images"]
     assert report["status"] == "failed" and report["blocks_run"] == 0
     assert str(broken) in report["error"] and "cannot load model" in report["error"]
+
+
+def test_a_store_that_cannot_be_written_is_a_clear_error(data_dir, tiny_model_path, tmp_path, capsys):
+    from tileseg.segment import main
+
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("not a directory")
+    image = str(data_dir / "kampala" / "scene" / "kampala_z21_image.tif")
+    assert main([image, "--out", str(in_the_way / "out.zarr"), "--model", str(tiny_model_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and str(in_the_way / "out.zarr") in err and "Traceback" not in err

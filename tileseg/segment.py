@@ -125,6 +125,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     except (ArtifactError, ValueError, FileExistsError, store.StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the store cannot be written where asked (a file in the way, no permission)
+        print(f"error: cannot write {args.out}: {exc}", file=sys.stderr)
+        return 2
     return 0 if result["ok"] else 1
 
 
