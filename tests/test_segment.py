@@ -54,6 +54,7 @@ def test_job_equals_in_memory_prediction_on_the_kampala_scene(ray_local, data_di
     assert summary["ok"], summary
     report = summary["images"][0]
     assert report["status"] == "done" and report["blocks"] == 6 and report["error"] is None
+    assert report["warning"] is None  # uint8 imagery, 8-bit model
 
     info = raster.open_info(str(scene))
     pixels, valid = raster.read_window(str(scene), Window(0, 0, info.height, info.width))
@@ -81,6 +82,7 @@ def test_uint16_with_alpha_and_reordered_bands(ray_local, data_dir, tiny_model_p
     assert summary["ok"], summary
     report = summary["images"][0]
     assert report["blocks"] == 2 and report["tiles_skipped"] >= 0
+    assert "uint16 pixels" in report["warning"]  # values up to 10000, the model's normalisation is 8-bit
 
     info = raster.open_info(src)
     pixels, valid = raster.read_window(src, Window(0, 0, info.height, info.width), bands=(3, 2, 1))
@@ -238,3 +240,15 @@ def test_a_store_that_cannot_be_written_is_a_clear_error(data_dir, tiny_model_pa
     assert main([image, "--out", str(in_the_way / "out.zarr"), "--model", str(tiny_model_path)]) == 2
     err = capsys.readouterr().err
     assert "cannot write" in err and str(in_the_way / "out.zarr") in err and "Traceback" not in err
+
+
+def test_range_warning_from_the_header():
+    from tileseg.segment import range_warning
+
+    eight_bit = {"mean": [110.0, 105.0, 95.0], "std": [55.0, 50.0, 50.0]}
+    sixteen_bit = {"mean": [1200.0, 1100.0, 900.0], "std": [400.0, 380.0, 350.0]}
+    assert range_warning("uint8", eight_bit) is None
+    assert "uint16 pixels" in range_warning("uint16", eight_bit) and "8-bit" in range_warning("uint16", eight_bit)
+    assert range_warning("uint16", sixteen_bit) is None
+    assert "8-bit pixels" in range_warning("uint8", sixteen_bit)
+    assert range_warning("float32", eight_bit) is None  # a float's range is not in its type

@@ -54,6 +54,7 @@ class ImageReport:
     tiles_skipped: int = 0
     seconds: float = 0.0
     error: str | None = None
+    warning: str | None = None
     errors: list[str] = field(default_factory=list)
 
 
@@ -185,6 +186,30 @@ def pool_size(
 
 
 # --- the stages (run as Ray tasks; plain functions of a row) -------------------------------------
+
+
+def range_warning(dtype: str, meta: Mapping[str, Any]) -> str | None:
+    """Why an image's pixel type looks unlike the model's training data, or None.
+
+    Judged from the header alone: the model's normalisation says whether it was trained on 8-bit data
+    (every band mean + 3 std within 0-255), and an integer type says whether the image is 8-bit. A
+    uint16 scene given to an 8-bit model (or the reverse) runs, but its predictions mean little.
+    """
+    kind = np.dtype(dtype)
+    if kind.kind not in "iu":
+        return None  # floats can hold anything: nothing to tell from the header
+    mean, std = np.asarray(meta["mean"], float), np.asarray(meta["std"], float)
+    model_8bit = bool(np.all(mean + 3 * std <= 255 * 1.5))
+    image_8bit = kind.itemsize == 1
+    if model_8bit == image_8bit:
+        return None
+    norm = ", ".join(f"{m:.0f}" for m in mean)
+    if model_8bit:
+        return (
+            f"{kind.name} pixels, but the model was trained on 8-bit data (band means {norm}); unless its "
+            "values are 0-255, rescale the image or train a model on such data"
+        )
+    return f"8-bit pixels, but the model was trained on wider data (band means {norm}); predictions may mean little"
 
 
 def read_stage(row: dict[str, Any], bands: Sequence[int] | None) -> dict[str, Any]:
@@ -380,6 +405,9 @@ def segment(
         try:
             info = raster.open_info(path)
             raster.check_bands(info, bands)
+            report.warning = range_warning(info.dtype, meta)
+            if report.warning and progress:
+                print(f"warning: {path}: {report.warning}", file=sys.stderr)
             name = store.group_name(path, taken)
             taken.add(name)
             blocks = plan_blocks(
@@ -622,9 +650,9 @@ def print_summary(summary: Mapping[str, Any]) -> None:
     """A table of what happened per image, and where the result is."""
     rows = summary["images"]
     width = max([len(Path(r["path"]).name) for r in rows] + [5])
-    print(f"\n{'image':<{width}}  {'status':<7} {'tiles run':>9} {'skipped':>8} {'seconds':>8}  error")
+    print(f"\n{'image':<{width}}  {'status':<7} {'tiles run':>9} {'skipped':>8} {'seconds':>8}  error / warning")
     for r in rows:
-        err = (r["error"] or "")[:100]
+        err = (r["error"] or (f"warning: {r['warning']}" if r.get("warning") else ""))[:100]
         print(
             f"{Path(r['path']).name:<{width}}  {r['status']:<7} {r['tiles_run']:>9} {r['tiles_skipped']:>8} "
             f"{r['seconds']:>8.1f}  {err}"
