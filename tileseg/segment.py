@@ -192,7 +192,7 @@ def range_warning(dtype: str, meta: Mapping[str, Any]) -> str | None:
     """Why an image's pixel type looks unlike the model's training data, or None.
 
     Judged from the header alone: the model's normalisation says whether it was trained on 8-bit data
-    (every band mean + 3 std within 0-255), and an integer type says whether the image is 8-bit. A
+    (every band's mean + 3 std under 1.5 x 255), and an integer type says whether the image is 8-bit. A
     uint16 scene given to an 8-bit model (or the reverse) runs, but its predictions mean little.
     """
     kind = np.dtype(dtype)
