@@ -185,7 +185,7 @@ def pool_size(
     return int(actors), float(gpus_per_actor), cpus_per_actor, threads
 
 
-# --- the stages (run as Ray tasks; plain functions of a row) -------------------------------------
+# --- planning ---------------------------------------------------------------------------------------
 
 
 def range_warning(dtype: str, meta: Mapping[str, Any]) -> str | None:
@@ -210,6 +210,9 @@ def range_warning(dtype: str, meta: Mapping[str, Any]) -> str | None:
             "values are 0-255, rescale the image or train a model on such data"
         )
     return f"8-bit pixels, but the model was trained on wider data (band means {norm}); predictions may mean little"
+
+
+# --- the stages (run as Ray tasks; plain functions of a row) -------------------------------------
 
 
 def read_stage(row: dict[str, Any], bands: Sequence[int] | None) -> dict[str, Any]:
