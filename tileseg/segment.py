@@ -185,7 +185,7 @@ def pool_size(
     return int(actors), float(gpus_per_actor), cpus_per_actor, threads
 
 
-# --- planning ---------------------------------------------------------------------------------------
+# --- planning -------------------------------------------------------------------------------------
 
 
 def range_warning(dtype: str, meta: Mapping[str, Any]) -> str | None:
