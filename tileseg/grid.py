@@ -133,6 +133,12 @@ class Block:
         """Number of tiles this block predicts (cartesian product of tile_rows x tile_cols)."""
         return len(self.tile_rows) * len(self.tile_cols)
 
+    @property
+    def region_in_read(self) -> tuple[slice, slice]:
+        """(rows, cols) slices that cut the region out of arrays covering the read window."""
+        r, rd = self.region, self.read
+        return slice(r.row - rd.row, r.row - rd.row + r.height), slice(r.col - rd.col, r.col - rd.col + r.width)
+
 
 def _block_starts(length: int, block: int) -> list[tuple[int, int]]:
     return [(s, min(block, length - s)) for s in range(0, length, block)]

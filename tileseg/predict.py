@@ -138,9 +138,7 @@ def segment_block(
         sink=sink,
     )
     if valid is not None:
-        rv = valid[r.row - block.read.row : r.row - block.read.row + r.height,
-                   r.col - block.read.col : r.col - block.read.col + r.width]  # fmt: skip
-        mask[~rv] = NODATA
+        mask[~valid[block.region_in_read]] = NODATA
     return mask, probability, counts
 
 

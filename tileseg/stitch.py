@@ -102,10 +102,7 @@ def predict_block(
     if (read.height, read.width) != (rows[-1] - rows[0] + tile, cols[-1] - cols[0] + tile):
         raise ValueError(f"block {block.index} was not planned with tile={tile}")
     counts = TileCounts(grid=_owned(block))
-    region_valid = None
-    if valid is not None:
-        y0, x0 = region.row - read.row, region.col - read.col
-        region_valid = valid[y0 : y0 + region.height, x0 : x0 + region.width]
+    region_valid = None if valid is None else valid[block.region_in_read]
     channels = pixels.shape[2]
     fill_value = _fill(fill, channels)
     out: np.ndarray | None = None
