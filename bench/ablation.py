@@ -81,12 +81,20 @@ def write_results(rows: list[dict], args: argparse.Namespace, command: str, elap
             f"{mean_std([r['miou'] for r in mine])} | {mean_std([r['dice'] for r in mine])} | "
             f"{np.mean([r['s_per_epoch'] for r in mine]):.1f} |"  # after the first (tracing) epoch
         )
-    lines += ["", "mean ± sample std over seeds.", "", "Per seed:", "",
-              "| arch | seed | building IoU | mIoU | building Dice | final train loss | s / epoch |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "mean ± sample std over seeds.",
+        "",
+        "Per seed:",
+        "",
+        "| arch | seed | building IoU | mIoU | building Dice | final train loss | s / epoch |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['arch']} | {r['seed']} | {r['iou']:.4f} | {r['miou']:.4f} | {r['dice']:.4f} | "
-                     f"{r['loss']:.4f} | {r['s_per_epoch']:.1f} |")
+        lines.append(
+            f"| {r['arch']} | {r['seed']} | {r['iou']:.4f} | {r['miou']:.4f} | {r['dice']:.4f} | "
+            f"{r['loss']:.4f} | {r['s_per_epoch']:.1f} |"
+        )
     lines += [
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs shared with other jobs "
@@ -118,9 +126,18 @@ def main(argv: list[str] | None = None) -> int:
     configure_tensorflow(args.threads, inter_op=1 if args.threads <= 2 else 2)
     data = Path(args.data)
     config = TrainConfig(
-        images=[str(data / "train")], val_images=[str(data / "val")], out="unused.keras", tile=args.tile,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, steps_per_epoch=args.steps_per_epoch,
-        base_filters=args.base_filters, depth=args.depth, dice=args.dice, precision=args.precision,
+        images=[str(data / "train")],
+        val_images=[str(data / "val")],
+        out="unused.keras",
+        tile=args.tile,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        steps_per_epoch=args.steps_per_epoch,
+        base_filters=args.base_filters,
+        depth=args.depth,
+        dice=args.dice,
+        precision=args.precision,
         cpus_per_worker=args.threads,
     )
     plan = prepare(config)

@@ -32,9 +32,7 @@ def cheap_predict(batch: np.ndarray) -> np.ndarray:
 
 
 def run_ours(img: np.ndarray, blend: str, block: int | None) -> np.ndarray:
-    return predict_array(
-        img, cheap_predict, tile=TILE, overlap=OVERLAP, blend=blend, block=block, batch_size=BATCH
-    )
+    return predict_array(img, cheap_predict, tile=TILE, overlap=OVERLAP, blend=blend, block=block, batch_size=BATCH)
 
 
 def run_tiler(img: np.ndarray, window: str) -> np.ndarray:

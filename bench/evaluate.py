@@ -66,12 +66,32 @@ def generate(workdir: Path, size: int, chunk: int, tile: int) -> tuple[Path, Pat
     k = len(CLASSES)
     expected = np.zeros((k, k), np.int64)
     no_pred = 0
-    profile = dict(driver="GTiff", height=size, width=size, count=1, dtype="uint8", crs=CRS,
-                   transform=transform, nodata=NODATA, tiled=True, blockxsize=tile, blockysize=tile,
-                   compress="deflate", BIGTIFF="IF_SAFER")
-    info = ImageInfo(path=str(truth), height=size, width=size, bands=1, dtype="uint8",
-                     crs=rasterio.crs.CRS.from_string(CRS).to_wkt(), transform=tuple(transform)[:6],
-                     nodata=None, driver="GTiff")
+    profile = dict(
+        driver="GTiff",
+        height=size,
+        width=size,
+        count=1,
+        dtype="uint8",
+        crs=CRS,
+        transform=transform,
+        nodata=NODATA,
+        tiled=True,
+        blockxsize=tile,
+        blockysize=tile,
+        compress="deflate",
+        BIGTIFF="IF_SAFER",
+    )
+    info = ImageInfo(
+        path=str(truth),
+        height=size,
+        width=size,
+        bands=1,
+        dtype="uint8",
+        crs=rasterio.crs.CRS.from_string(CRS).to_wkt(),
+        transform=tuple(transform)[:6],
+        nodata=None,
+        driver="GTiff",
+    )
     blocks = [(r, c) for r in range(0, size, chunk) for c in range(0, size, chunk)]
     tstore.create_image_group(str(store), "bench", info, classes=CLASSES, chunk=chunk, num_blocks=len(blocks))
     with rasterio.open(truth, "w", **profile) as dst:
@@ -114,8 +134,15 @@ class PeakRSS:
         self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
-def run(size: int, chunk: int = 1024, tile: int = 512, workdir: Path | None = None,
-        scheduler: str = "threads", quicklooks: bool = True, keep: bool = False) -> dict:
+def run(
+    size: int,
+    chunk: int = 1024,
+    tile: int = 512,
+    workdir: Path | None = None,
+    scheduler: str = "threads",
+    quicklooks: bool = True,
+    keep: bool = False,
+) -> dict:
     """Generate, evaluate, check against the expected confusion; return the numbers."""
     tmp = Path(tempfile.mkdtemp(prefix="tileseg-bench-eval-", dir=workdir))
     try:
@@ -134,13 +161,20 @@ def run(size: int, chunk: int = 1024, tile: int = 512, workdir: Path | None = No
         image = result["images"]["bench"]
         correct = bool(np.array_equal(got, expected)) and image["no_prediction"] == no_pred
         return {
-            "size": size, "chunk": chunk, "pixels": size * size, "scheduler": scheduler,
-            "generate_s": round(gen_s, 2), "evaluate_s": round(eval_s, 2),
+            "size": size,
+            "chunk": chunk,
+            "pixels": size * size,
+            "scheduler": scheduler,
+            "generate_s": round(gen_s, 2),
+            "evaluate_s": round(eval_s, 2),
             "mpix_per_s": round(size * size / eval_s / 1e6, 1),
-            "rss_before_mib": round(rss_before / 2**20, 1), "peak_rss_mib": round(peak.peak / 2**20, 1),
+            "rss_before_mib": round(rss_before / 2**20, 1),
+            "peak_rss_mib": round(peak.peak / 2**20, 1),
             "ru_maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "correct": correct, "mean_iou": result["overall"]["mean_iou"],
-            "expected_confusion": expected.tolist(), "confusion": got.tolist(),
+            "correct": correct,
+            "mean_iou": result["overall"]["mean_iou"],
+            "expected_confusion": expected.tolist(),
+            "confusion": got.tolist(),
             "workdir": str(tmp) if keep else None,
         }
     finally:
@@ -149,8 +183,7 @@ def run(size: int, chunk: int = 1024, tile: int = 512, workdir: Path | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=4000, help="image side in pixels (acceptance: 20000)")
     parser.add_argument("--chunk", type=int, default=1024, help="Zarr chunk of the prediction store")
     parser.add_argument("--tile", type=int, default=512, help="GeoTIFF tile size of the truth")
@@ -162,8 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     res = run(args.size, args.chunk, args.tile, args.workdir, args.scheduler, args.quicklooks, args.keep)
     print(json.dumps({k: v for k, v in res.items() if "confusion" not in k}, indent=2))
-    print(f"{args.size}x{args.size}: evaluate {res['evaluate_s']:.1f} s ({res['mpix_per_s']} Mpx/s), "
-          f"peak RSS {res['peak_rss_mib']:.0f} MiB (limit {args.limit_mib:.0f}), correct={res['correct']}")
+    print(
+        f"{args.size}x{args.size}: evaluate {res['evaluate_s']:.1f} s ({res['mpix_per_s']} Mpx/s), "
+        f"peak RSS {res['peak_rss_mib']:.0f} MiB (limit {args.limit_mib:.0f}), correct={res['correct']}"
+    )
     return 0 if res["correct"] and res["peak_rss_mib"] < args.limit_mib else 1
 
 

@@ -439,8 +439,19 @@ def job_threads(actors: int | None) -> tuple[int, int, float]:
     return n, threads, cpus_per_actor
 
 
-def run_job(image: str, out: str, model: str, *, actors: int | None, block: int | None, chunk: int,
-            batch_size: int, marker: str, interval: float, memory: bool = True) -> dict[str, Any]:
+def run_job(
+    image: str,
+    out: str,
+    model: str,
+    *,
+    actors: int | None,
+    block: int | None,
+    chunk: int,
+    batch_size: int,
+    marker: str,
+    interval: float,
+    memory: bool = True,
+) -> dict[str, Any]:
     """segment() one image with the sampler running; wall time from call to return and the phases."""
     from tileseg.segment import segment
 
@@ -485,8 +496,10 @@ def run_job(image: str, out: str, model: str, *, actors: int | None, block: int 
         "samples": sampler.samples,
         "by_label": sampler.by_label,
         "per_process": sorted(
-            ((label, round(pss / MIB), round(rss / MIB), round(cpu, 1)) for label, pss, rss, cpu in
-             sampler.per_process.values()),
+            (
+                (label, round(pss / MIB), round(rss / MIB), round(cpu, 1))
+                for label, pss, rss, cpu in sampler.per_process.values()
+            ),
             key=lambda r: -r[3],
         ),
     }
@@ -516,8 +529,15 @@ def throughput(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         f"batch {args.batch_size}, TF threads {threads} (job: {actors} actor x {cpus_per_actor:g} CPU)",
         flush=True,
     )
-    job = dict(actors=1, block=args.block, chunk=args.chunk, batch_size=args.batch_size, marker=str(work),
-               interval=1.0, memory=False)  # CPU times and RSS only: the sampler must not slow the job
+    job = dict(
+        actors=1,
+        block=args.block,
+        chunk=args.chunk,
+        batch_size=args.batch_size,
+        marker=str(work),
+        interval=1.0,
+        memory=False,
+    )  # CPU times and RSS only: the sampler must not slow the job
     print(f"bare Ray: start and stop the embedded Ray with no work ... (load {_load()})", flush=True)
     ray_floor = min((in_subprocess(bare_ray) for _ in range(2)), key=lambda r: r["total_s"])
     print(f"  init {ray_floor['init_s']:.1f} s + shutdown {ray_floor['shutdown_s']:.1f} s", flush=True)
@@ -540,18 +560,29 @@ def throughput(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         for i in range(args.rounds):
             tag = f"[{n}x{n}{f' round {i + 1}' if args.rounds > 1 else ''}]"
             print(f"{tag} model-only ... (load {_load()})", flush=True)
-            base = in_subprocess(model_only, model, image, threads=threads, batch_size=args.batch_size,
-                                 block=args.block, chunk=args.chunk, work_dir=str(work))
-            print(f"{tag} {base['tiles']} tiles in {base['model_s']:.1f} s; end-to-end ... (load {_load()})",
-                  flush=True)
+            base = in_subprocess(
+                model_only,
+                model,
+                image,
+                threads=threads,
+                batch_size=args.batch_size,
+                block=args.block,
+                chunk=args.chunk,
+                work_dir=str(work),
+            )
+            print(
+                f"{tag} {base['tiles']} tiles in {base['model_s']:.1f} s; end-to-end ... (load {_load()})", flush=True
+            )
             out = str(work / f"e2e_{n}.zarr")
             e2e = run_job(image, out, model, **job)
             shutil.rmtree(out, ignore_errors=True)
             tiles_run = e2e["summary"]["totals"]["tiles_run"]
             assert tiles_run == base["tiles"], f"job ran {tiles_run} tiles, model-only {base['tiles']}"
             assert e2e["summary"]["totals"]["tiles_skipped"] == 0
-            print(f"{tag} end-to-end {e2e['wall_s']:.1f} s, ratio {base['model_s'] / e2e['wall_s']:.3f} "
-                  f"(load {_load()})", flush=True)
+            print(
+                f"{tag} end-to-end {e2e['wall_s']:.1f} s, ratio {base['model_s'] / e2e['wall_s']:.3f} (load {_load()})",
+                flush=True,
+            )
             bases.append(base)
             e2es.append(e2e)
         rows.append(_throughput_row(n, bases, e2es, startup, ray_floor))
@@ -618,21 +649,30 @@ def _throughput_row(
         "cpu_ratio": model_cpu / e2e_cpu if e2e_cpu else float("nan"),
         "steady_cpu_ratio": model_cpu / (e2e_cpu - fixed_cpu) if e2e_cpu > fixed_cpu else float("nan"),
         "all_rounds": [
-            {"model_only_s": b["model_s"], "model_only_cpu_s": b["model_cpu_s"], "end_to_end_s": e["wall_s"],
-             "end_to_end_cpu_s": e["cpu_s"], "work_s": e["work_s"]}
+            {
+                "model_only_s": b["model_s"],
+                "model_only_cpu_s": b["model_cpu_s"],
+                "end_to_end_s": e["wall_s"],
+                "end_to_end_cpu_s": e["cpu_s"],
+                "work_s": e["work_s"],
+            }
             for b, e in zip(bases, e2es, strict=True)
         ],
-        "phases": {k: e2e[k] for k in ("plan_s", "ray_init_s", "first_block_s", "pipeline_s", "ray_shutdown_s",
-                                       "finish_s", "work_s")},
-        "components": {k: base[k] for k in ("tf_import_s", "model_load_s", "warmup_s", "read_s", "stitch_s",
-                                             "write_s")},
+        "phases": {
+            k: e2e[k]
+            for k in ("plan_s", "ray_init_s", "first_block_s", "pipeline_s", "ray_shutdown_s", "finish_s", "work_s")
+        },
+        "components": {
+            k: base[k] for k in ("tf_import_s", "model_load_s", "warmup_s", "read_s", "stitch_s", "write_s")
+        },
         "peak_rss_sum_gib": e2e["peak_rss"] / GIB,
         "processes": e2e["processes"],
         "cpu_s_by_process": e2e["per_process"],  # (label, peak PSS (0: not read), peak RSS MiB, CPU s)
     }
     if startup:
-        row["startup_probe"] = {k: startup[k] for k in ("wall_s", "cpu_s", "ray_init_s", "pipeline_s",
-                                                        "ray_shutdown_s")}
+        row["startup_probe"] = {
+            k: startup[k] for k in ("wall_s", "cpu_s", "ray_init_s", "pipeline_s", "ray_shutdown_s")
+        }
         row["startup_probe"]["cpu_s_by_process"] = startup["per_process"][:6]
     return row
 
@@ -644,14 +684,29 @@ def memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     in_subprocess(make_model, model, 4, 2, args.seed)
     t = time.perf_counter()
     in_subprocess(make_mosaic, args.scene, image, args.size, args.size, 512, args.compress)
-    print(f"mosaic {args.size}x{args.size} ({os.path.getsize(image) / GIB:.2f} GiB on disk, "
-              f"{args.compress or 'uncompressed'}) written in {time.perf_counter() - t:.0f} s", flush=True)
+    print(
+        f"mosaic {args.size}x{args.size} ({os.path.getsize(image) / GIB:.2f} GiB on disk, "
+        f"{args.compress or 'uncompressed'}) written in {time.perf_counter() - t:.0f} s",
+        flush=True,
+    )
     actors, threads, cpus_per_actor = job_threads(None)
-    print(f"[memory] segment() with defaults: {actors} actor x {cpus_per_actor:g} CPU, {threads} TF threads, "
-          f"block {args.block} ... (load {_load()})", flush=True)
+    print(
+        f"[memory] segment() with defaults: {actors} actor x {cpus_per_actor:g} CPU, {threads} TF threads, "
+        f"block {args.block} ... (load {_load()})",
+        flush=True,
+    )
     out = str(work / "memory.zarr")
-    e2e = run_job(image, out, model, actors=None, block=args.block, chunk=args.chunk, batch_size=args.batch_size,
-                  marker=str(work), interval=args.interval)
+    e2e = run_job(
+        image,
+        out,
+        model,
+        actors=None,
+        block=args.block,
+        chunk=args.chunk,
+        batch_size=args.batch_size,
+        marker=str(work),
+        interval=args.interval,
+    )
     store_bytes = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
     shutil.rmtree(out, ignore_errors=True)
     if not args.keep:
@@ -682,8 +737,10 @@ def memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "store_mib": store_bytes / MIB,
         "limit_gib": args.limit_gib,
         "ok": peak < args.limit_gib * GIB,
-        "phases": {k: e2e[k] for k in ("plan_s", "ray_init_s", "first_block_s", "pipeline_s", "ray_shutdown_s",
-                                       "finish_s", "work_s")},
+        "phases": {
+            k: e2e[k]
+            for k in ("plan_s", "ray_init_s", "first_block_s", "pipeline_s", "ray_shutdown_s", "finish_s", "work_s")
+        },
         # (s, total PSS, summed RSS, object store resident) in MiB, every sample; PSS by process name every ~5 s
         "timeline": [(round(t, 1), round(p / MIB), round(r / MIB), round(s / MIB)) for t, p, r, s in e2e["samples"]],
         "timeline_by_process": _thin(e2e["by_label"], 5.0),
@@ -705,11 +762,15 @@ def _thin(by_label: list[tuple[float, dict[str, int]]], every: float) -> list[tu
 
 def print_throughput(rows: list[dict[str, Any]]) -> None:
     print("\n== throughput: same tiles, model-only vs end-to-end (Mpx/s = image pixels / wall seconds)")
-    head = (f"{'image':<11} {'tiles':>5} {'model-only':>16} {'end-to-end':>16} {'ratio':>6} {'start-up':>8} "
-            f"{'steady':>6} {'work':>6} | {'CPU s':>11} {'cpu':>6} {'steady':>6}")
+    head = (
+        f"{'image':<11} {'tiles':>5} {'model-only':>16} {'end-to-end':>16} {'ratio':>6} {'start-up':>8} "
+        f"{'steady':>6} {'work':>6} | {'CPU s':>11} {'cpu':>6} {'steady':>6}"
+    )
     print(head)
-    print(f"{'':<11} {'':>5} {'s':>7} {'Mpx/s':>8} {'s':>7} {'Mpx/s':>8} {'':>6} {'s':>8} {'ratio':>6} "
-          f"{'ratio':>6} | {'model/e2e':>11} {'ratio':>6} {'cpu':>6}")
+    print(
+        f"{'':<11} {'':>5} {'s':>7} {'Mpx/s':>8} {'s':>7} {'Mpx/s':>8} {'':>6} {'s':>8} {'ratio':>6} "
+        f"{'ratio':>6} | {'model/e2e':>11} {'ratio':>6} {'cpu':>6}"
+    )
     for r in rows:
         print(
             f"{r['width']}x{r['height']:<6} {r['tiles']:>5} {r['model_only_s']:>7.1f} {r['model_only_mpx_s']:>8.3f} "
@@ -718,9 +779,11 @@ def print_throughput(rows: list[dict[str, Any]]) -> None:
             f"{r['model_only_cpu_s']:>5.0f}/{r['end_to_end_cpu_s']:<5.0f} {r['cpu_ratio']:>6.3f} "
             f"{r['steady_cpu_ratio']:>6.3f}"
         )
-    print("ratio = end-to-end / model-only throughput (wall); steady = the same without the fixed start-up "
-          "(one-tile job); work = model-only / in-pipeline work seconds (read + predict + stitch + write); "
-          "cpu = the same in CPU seconds of all processes (steady: minus the one-tile job's CPU s)")
+    print(
+        "ratio = end-to-end / model-only throughput (wall); steady = the same without the fixed start-up "
+        "(one-tile job); work = model-only / in-pipeline work seconds (read + predict + stitch + write); "
+        "cpu = the same in CPU seconds of all processes (steady: minus the one-tile job's CPU s)"
+    )
     for r in rows:
         print(
             f"{r['width']}x{r['height']} ceiling: bare Ray start + stop costs {r['ray_floor_s']:.1f} s, so no Ray job "
@@ -732,9 +795,11 @@ def print_throughput(rows: list[dict[str, Any]]) -> None:
             text = ", ".join(f"{a['model_only_s']:.1f}/{a['end_to_end_s']:.1f}" for a in r["all_rounds"])
             print(f"{r['width']}x{r['height']} rounds (model-only/end-to-end s): {text}")
     print("\n== where the end-to-end time goes (s)")
-    print(f"{'image':<11} {'plan':>5} {'ray init':>8} {'1st blk':>8} {'pipeline':>8} {'work':>7} {'shutdown':>8} "
-          f"{'finish':>6} | outside Ray: {'read':>5} {'stitch':>6} {'write':>5} {'tf imp':>6} {'load':>5} "
-          f"{'warm':>5} | cpu e2e/model")
+    print(
+        f"{'image':<11} {'plan':>5} {'ray init':>8} {'1st blk':>8} {'pipeline':>8} {'work':>7} {'shutdown':>8} "
+        f"{'finish':>6} | outside Ray: {'read':>5} {'stitch':>6} {'write':>5} {'tf imp':>6} {'load':>5} "
+        f"{'warm':>5} | cpu e2e/model"
+    )
     for r in rows:
         p, c = r["phases"], r["components"]
         print(
@@ -747,46 +812,65 @@ def print_throughput(rows: list[dict[str, Any]]) -> None:
         top = ", ".join(f"{label} {cpu:.1f}" for label, _, _, cpu in r["cpu_s_by_process"][:6])
         cores_model = r["model_only_cpu_s"] / r["model_only_s"]
         cores_e2e = r["end_to_end_cpu_s"] / r["end_to_end_s"]
-        print(f"{r['width']}x{r['height']} CPU s by process: {top}; cores used: model-only {cores_model:.2f}, "
-              f"end-to-end {cores_e2e:.2f}")
+        print(
+            f"{r['width']}x{r['height']} CPU s by process: {top}; cores used: model-only {cores_model:.2f}, "
+            f"end-to-end {cores_e2e:.2f}"
+        )
     probe = next((r["startup_probe"] for r in rows if "startup_probe" in r), None)
     if probe:
         top = ", ".join(f"{label} {cpu:.1f}" for label, _, _, cpu in probe["cpu_s_by_process"])
-        print(f"start-up probe (one-tile job): {probe['wall_s']:.1f} s wall, {probe['cpu_s']:.0f} CPU s; Ray init "
-              f"{probe['ray_init_s']:.1f} s, pipeline {probe['pipeline_s']:.1f} s, shutdown "
-              f"{probe['ray_shutdown_s']:.1f} s; CPU s by process: {top}")
+        print(
+            f"start-up probe (one-tile job): {probe['wall_s']:.1f} s wall, {probe['cpu_s']:.0f} CPU s; Ray init "
+            f"{probe['ray_init_s']:.1f} s, pipeline {probe['pipeline_s']:.1f} s, shutdown "
+            f"{probe['ray_shutdown_s']:.1f} s; CPU s by process: {top}"
+        )
 
 
 def print_memory(m: dict[str, Any]) -> None:
     print(f"\n== memory: {m['size']}x{m['size']} mosaic of the Kampala scene, tiny model, default settings")
     verdict = "OK" if m["ok"] else "OVER"
-    print(f"peak PSS (all processes) {m['peak_pss_gib']:.2f} GiB  [{verdict}, limit {m['limit_gib']:g} GiB]  "
-          f"at {m['peak_at_s']:.0f} s; summed RSS {m['peak_rss_sum_gib']:.2f} GiB; object store resident "
-          f"{m['peak_object_store_shm_gib']:.2f} GiB; /dev/shm +{m['peak_dev_shm_gib']:.2f} GiB")
-    print(f"{m['seconds']:.0f} s, {m['tiles_per_s']:.1f} tiles/s, {m['mpx_s']:.2f} Mpx/s, {m['cpu_s']:.0f} CPU s; "
-          f"{m['blocks']} blocks, tiles run {m['tiles_run']} skipped {m['tiles_skipped']} of {m['grid_tiles']} "
-          f"(redundancy {m['redundancy']:.4f}); store {m['store_mib']:.0f} MiB; {m['processes']} processes")
+    print(
+        f"peak PSS (all processes) {m['peak_pss_gib']:.2f} GiB  [{verdict}, limit {m['limit_gib']:g} GiB]  "
+        f"at {m['peak_at_s']:.0f} s; summed RSS {m['peak_rss_sum_gib']:.2f} GiB; object store resident "
+        f"{m['peak_object_store_shm_gib']:.2f} GiB; /dev/shm +{m['peak_dev_shm_gib']:.2f} GiB"
+    )
+    print(
+        f"{m['seconds']:.0f} s, {m['tiles_per_s']:.1f} tiles/s, {m['mpx_s']:.2f} Mpx/s, {m['cpu_s']:.0f} CPU s; "
+        f"{m['blocks']} blocks, tiles run {m['tiles_run']} skipped {m['tiles_skipped']} of {m['grid_tiles']} "
+        f"(redundancy {m['redundancy']:.4f}); store {m['store_mib']:.0f} MiB; {m['processes']} processes"
+    )
     print("largest processes at the peak (PSS MiB): " + ", ".join(f"{n} {v}" for n, v in m["peak_processes"]))
-    print("per process (peak PSS MiB / CPU s): "
-          + ", ".join(f"{n} {p}/{c:.0f}" for n, p, _, c in sorted(m["per_process"], key=lambda r: -r[1])[:8]))
+    print(
+        "per process (peak PSS MiB / CPU s): "
+        + ", ".join(f"{n} {p}/{c:.0f}" for n, p, _, c in sorted(m["per_process"], key=lambda r: -r[1])[:8])
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("throughput", "memory", "all"), default="all")
     parser.add_argument("--scene", default=str(SCENE), help="the real scene (default: Kampala z21)")
-    parser.add_argument("--repeat", type=int, nargs="+", default=[1, 2],
-                        help="throughput on the scene tiled N x N, per N (default 1 2)")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="alternate model-only and end-to-end R times per size; the best of each counts")
+    parser.add_argument(
+        "--repeat", type=int, nargs="+", default=[1, 2], help="throughput on the scene tiled N x N, per N (default 1 2)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="alternate model-only and end-to-end R times per size; the best of each counts",
+    )
     parser.add_argument("--base-filters", type=int, default=32)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=BATCH)
     parser.add_argument("--threads", type=int, default=None, help="TF threads (default: as the job's actor)")
     parser.add_argument("--block", type=int, default=DEFAULT_BLOCK)
     parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK)
-    parser.add_argument("--no-startup-probe", dest="startup_probe", action="store_false",
-                        help="skip the one-tile job; start-up = end-to-end minus in-pipeline work")
+    parser.add_argument(
+        "--no-startup-probe",
+        dest="startup_probe",
+        action="store_false",
+        help="skip the one-tile job; start-up = end-to-end minus in-pipeline work",
+    )
     parser.add_argument("--size", type=int, default=20000, help="side of the memory part's image")
     parser.add_argument("--compress", default=None, help="compression of the memory part's image (e.g. deflate)")
     parser.add_argument("--interval", type=float, default=0.5, help="memory sampling interval (s)")
@@ -803,8 +887,12 @@ def main(argv: list[str] | None = None) -> int:
     tempfile.tempdir = str(work)
     results: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"cpus": os.cpu_count(), "memory_gib": psutil.virtual_memory().total / GIB,
-                    "platform": platform.platform(), "load_start": _load()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "memory_gib": psutil.virtual_memory().total / GIB,
+            "platform": platform.platform(),
+            "load_start": _load(),
+        },
         "env": {k: os.environ[k] for k in ("GDAL_CACHEMAX", "RAY_ADDRESS", "OMP_NUM_THREADS") if k in os.environ},
     }
     t0 = time.perf_counter()
@@ -824,8 +912,10 @@ def main(argv: list[str] | None = None) -> int:
         print_throughput(results["throughput"])
     if "memory" in results:
         print_memory(results["memory"])
-    print(f"\nload average (1/5/15 min) {results['machine']['load_start']} at start, "
-          f"{results['machine']['load_end']} at end, on {os.cpu_count()} CPUs; {results['seconds']:.0f} s in all")
+    print(
+        f"\nload average (1/5/15 min) {results['machine']['load_start']} at start, "
+        f"{results['machine']['load_end']} at end, on {os.cpu_count()} CPUs; {results['seconds']:.0f} s in all"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=float))
     return 0 if results.get("memory", {}).get("ok", True) else 1

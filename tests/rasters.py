@@ -36,8 +36,17 @@ def write_tif(
     if data.ndim == 2:
         data = data[None]
     count, height, width = data.shape
-    prof = {"driver": "GTiff", "height": height, "width": width, "count": count, "dtype": data.dtype.name,
-            "crs": crs, "transform": transform, "nodata": nodata, **profile}
+    prof = {
+        "driver": "GTiff",
+        "height": height,
+        "width": width,
+        "count": count,
+        "dtype": data.dtype.name,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+        **profile,
+    }
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=internal_mask), rasterio.open(path, "w", **prof) as dst:
         dst.write(data)
         if mask is not None:
@@ -65,8 +74,9 @@ def synthetic_outputs(region: Window, n_classes: int = 3) -> tuple[np.ndarray, n
     return mask, prob
 
 
-def write_synthetic_blocks(store: str, name: str, jobs: Sequence[tuple[int, tuple[int, int, int, int]]],
-                           n_classes: int = 3) -> int:
+def write_synthetic_blocks(
+    store: str, name: str, jobs: Sequence[tuple[int, tuple[int, int, int, int]]], n_classes: int = 3
+) -> int:
     """Worker for the concurrency tests (top level so a spawned process can import it)."""
     for index, region in jobs:
         win = Window(*region)

@@ -25,8 +25,15 @@ from tileseg.data import (
 def write_tif(path: Path, array: np.ndarray, nodata=None) -> Path:
     """A small GeoTIFF from (h, w) or (h, w, C) array."""
     data = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
-    profile = {"driver": "GTiff", "height": data.shape[1], "width": data.shape[2], "count": data.shape[0],
-               "dtype": data.dtype, "crs": "EPSG:3857", "transform": Affine(1.0, 0.0, 1000.0, 0.0, -1.0, 2000.0)}
+    profile = {
+        "driver": "GTiff",
+        "height": data.shape[1],
+        "width": data.shape[2],
+        "count": data.shape[0],
+        "dtype": data.dtype,
+        "crs": "EPSG:3857",
+        "transform": Affine(1.0, 0.0, 1000.0, 0.0, -1.0, 2000.0),
+    }
     if nodata is not None:
         profile["nodata"] = nodata
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,8 +42,9 @@ def write_tif(path: Path, array: np.ndarray, nodata=None) -> Path:
     return path
 
 
-def make_pair(root: Path, stem: str, image: np.ndarray, mask: np.ndarray, *, image_nodata=None,
-              mask_nodata=None) -> None:
+def make_pair(
+    root: Path, stem: str, image: np.ndarray, mask: np.ndarray, *, image_nodata=None, mask_nodata=None
+) -> None:
     write_tif(root / "images" / f"{stem}.tif", image, image_nodata)
     write_tif(root / "masks" / f"{stem}.tif", mask, mask_nodata)
 
@@ -115,8 +123,7 @@ def test_nodata_and_ignore_get_zero_weight_and_mostly_invalid_windows_are_skippe
         assert weights.mean() >= 0.5  # windows mostly in the nodata part were redrawn
         assert np.all(x[weights == 0] == 0) and np.all(x[weights > 0] == 100)
     # every pixel of the raster through the validation tiling: nodata and 255 weigh 0, the rest 1
-    tiles = list(validation_tiles(find_pairs(tmp_path), tile=64, bands=None, mean=[0] * 3, std=[1] * 3,
-                                  num_classes=2))
+    tiles = list(validation_tiles(find_pairs(tmp_path), tile=64, bands=None, mean=[0] * 3, std=[1] * 3, num_classes=2))
     total = sum(t[2].sum() for t in tiles)
     assert total == (h * (w - 170)) - h * 10
 
@@ -125,8 +132,7 @@ def test_validation_tiles_count_every_pixel_once(tmp_path):
     h, w = 70, 50  # not multiples of the tile: the snapped edge tiles overlap their neighbours
     labels = np.random.default_rng(2).integers(0, 3, (h, w)).astype(np.uint8)
     make_pair(tmp_path, "v", np.zeros((h, w, 3), np.uint8), labels)
-    tiles = list(validation_tiles(find_pairs(tmp_path), tile=32, bands=None, mean=[0] * 3, std=[1] * 3,
-                                  num_classes=3))
+    tiles = list(validation_tiles(find_pairs(tmp_path), tile=32, bands=None, mean=[0] * 3, std=[1] * 3, num_classes=3))
     assert len(tiles) == 3 * 2
     weighted = np.zeros(3)
     for _, lab, wt in tiles:
@@ -182,8 +188,9 @@ def test_statistics_over_valid_labelled_pixels(tmp_path):
 
 def test_validation_tiles_whole_read_equals_per_tile_reads(tmp_path):
     rng = np.random.default_rng(5)
-    make_pair(tmp_path, "w", rng.integers(0, 255, (45, 70, 3)).astype(np.uint8),
-              rng.integers(0, 2, (45, 70)).astype(np.uint8))
+    make_pair(
+        tmp_path, "w", rng.integers(0, 255, (45, 70, 3)).astype(np.uint8), rng.integers(0, 2, (45, 70)).astype(np.uint8)
+    )
     kw = {"tile": 32, "bands": None, "mean": [1.0] * 3, "std": [2.0] * 3, "num_classes": 2}
     whole = list(validation_tiles(find_pairs(tmp_path), **kw))
     tiled = list(validation_tiles(find_pairs(tmp_path), whole_read_pixels=0, **kw))

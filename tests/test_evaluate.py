@@ -32,26 +32,54 @@ CLASSES = ["background", "building", "road", "water", "tree"]
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def write_store(path: Path, name: str, mask: np.ndarray, *, crs: CRS | str | None, transform: Affine,
-                classes: list[str], chunk: int = 64, source: str | None = None) -> None:
+def write_store(
+    path: Path,
+    name: str,
+    mask: np.ndarray,
+    *,
+    crs: CRS | str | None,
+    transform: Affine,
+    classes: list[str],
+    chunk: int = 64,
+    source: str | None = None,
+) -> None:
     """Write one image group through tileseg.store, block by block, as `tileseg segment` does."""
     h, w = mask.shape
     wkt = None if crs is None else CRS.from_user_input(crs).to_wkt()
-    info = ImageInfo(path=source or f"/nonexistent/{name}.tif", height=h, width=w, bands=3, dtype="uint8",
-                     crs=wkt, transform=tuple(transform)[:6], nodata=None, driver="GTiff")
+    info = ImageInfo(
+        path=source or f"/nonexistent/{name}.tif",
+        height=h,
+        width=w,
+        bands=3,
+        dtype="uint8",
+        crs=wkt,
+        transform=tuple(transform)[:6],
+        nodata=None,
+        driver="GTiff",
+    )
     blocks = [(r, c) for r in range(0, h, chunk) for c in range(0, w, chunk)]
     tstore.create_image_group(str(path), name, info, classes=classes, chunk=chunk, num_blocks=len(blocks))
     for i, (r, c) in enumerate(blocks):
         bh, bw = min(chunk, h - r), min(chunk, w - c)
-        tstore.write_block(str(path), name, Window(r, c, bh, bw), mask[r:r + bh, c:c + bw], None, i)
+        tstore.write_block(str(path), name, Window(r, c, bh, bw), mask[r : r + bh, c : c + bw], None, i)
     tstore.finish_image(str(path), name, {})
 
 
-def write_tif(path: Path, data: np.ndarray, *, crs: CRS | str | None, transform: Affine | None,
-              nodata: float | None = 255) -> Path:
+def write_tif(
+    path: Path, data: np.ndarray, *, crs: CRS | str | None, transform: Affine | None, nodata: float | None = 255
+) -> Path:
     """A tiled single-band GeoTIFF (no CRS / no transform when None)."""
-    profile = dict(driver="GTiff", height=data.shape[0], width=data.shape[1], count=1, dtype=data.dtype,
-                   nodata=nodata, tiled=True, blockxsize=128, blockysize=128)
+    profile = dict(
+        driver="GTiff",
+        height=data.shape[0],
+        width=data.shape[1],
+        count=1,
+        dtype=data.dtype,
+        nodata=nodata,
+        tiled=True,
+        blockxsize=128,
+        blockysize=128,
+    )
     if crs is not None:
         profile["crs"] = crs
     if transform is not None:
@@ -74,13 +102,15 @@ def reference_metrics(truth: np.ndarray, pred: np.ndarray, k: int, ignore: set[i
         fn = int(np.sum(valid & (truth == c) & (pred != c)))
         nan = float("nan")
         iou = tp / (tp + fp + fn) if tp + fp + fn else nan
-        out["per_class"].append({
-            "iou": iou,
-            "dice": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else nan,
-            "precision": tp / (tp + fp) if tp + fp else nan,
-            "recall": tp / (tp + fn) if tp + fn else nan,
-            "support": tp + fn,
-        })
+        out["per_class"].append(
+            {
+                "iou": iou,
+                "dice": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else nan,
+                "precision": tp / (tp + fp) if tp + fp else nan,
+                "recall": tp / (tp + fn) if tp + fn else nan,
+                "support": tp + fn,
+            }
+        )
         if tp + fp + fn:
             ious.append(iou)
     out["pixel_accuracy"] = float(np.sum(valid & (truth == pred)) / np.sum(valid))
@@ -109,12 +139,12 @@ def synthetic_pair(seed: int, shape: tuple[int, int] = (300, 260)) -> tuple[np.n
     rng = np.random.default_rng(seed)
     h, w = shape
     truth = rng.choice(np.array([0, 1, 2], np.uint8), size=shape, p=[0.6, 0.3, 0.1])
-    truth[10:40, 20:90] = 255                      # truth nodata
+    truth[10:40, 20:90] = 255  # truth nodata
     pred = truth.copy()
     flip = rng.random(shape) < 0.3
     pred[flip] = rng.choice(np.array([0, 1, 2, 3], np.uint8), size=int(flip.sum()))
-    pred[h - 50:, w - 70:] = 255                   # no prediction written there
-    pred[30:35, 80:100] = 255                      # overlaps the truth nodata a little
+    pred[h - 50 :, w - 70 :] = 255  # no prediction written there
+    pred[30:35, 80:100] = 255  # overlaps the truth nodata a little
     return truth, pred
 
 
@@ -182,7 +212,7 @@ def test_ignore_values_and_truth_nodata_are_excluded(tmp_path: Path, small_tasks
     assert_matches(default, reference_metrics(truth, pred, len(CLASSES), {7, 255}), CLASSES)
 
     res = ev.evaluate(store, tif, ignore=[0], out_dir=tmp_path / "b", quicklooks=False)["images"]["scene"]
-    assert res["ignore"] == [0, 7]                 # 255 is no longer ignored: it is out of the class range
+    assert res["ignore"] == [0, 7]  # 255 is no longer ignored: it is out of the class range
     ref = reference_metrics(truth, pred, len(CLASSES), {0, 7, 255})
     assert_matches(res, ref, CLASSES)
     assert np.array(res["confusion_matrix"])[0].sum() == 0
@@ -209,10 +239,25 @@ def kampala(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     with rasterio.open(scene / "kampala_z21_mask.tif") as src:
         mask, crs, transform, bounds = src.read(1), src.crs, src.transform, src.bounds
     store = tmp / "pred.zarr"
-    write_store(store, "kampala_z21_image", mask, crs=crs, transform=transform,
-                classes=["background", "building"], chunk=512, source=str(scene / "kampala_z21_image.tif"))
-    return {"tmp": tmp, "store": store, "mask": mask, "crs": crs, "transform": transform, "bounds": bounds,
-            "scene": scene}
+    write_store(
+        store,
+        "kampala_z21_image",
+        mask,
+        crs=crs,
+        transform=transform,
+        classes=["background", "building"],
+        chunk=512,
+        source=str(scene / "kampala_z21_image.tif"),
+    )
+    return {
+        "tmp": tmp,
+        "store": store,
+        "mask": mask,
+        "crs": crs,
+        "transform": transform,
+        "bounds": bounds,
+        "scene": scene,
+    }
 
 
 def to_4326(k: dict, path: Path, scale: float, shift_m: float = 0.0) -> Path:
@@ -222,8 +267,17 @@ def to_4326(k: dict, path: Path, scale: float, shift_m: float = 0.0) -> Path:
     dt = dt @ Affine.scale(scale)
     dw, dh = int(dw / scale), int(dh / scale)
     out = np.full((dh, dw), 255, np.uint8)
-    reproject(k["mask"], out, src_transform=k["transform"], src_crs=k["crs"], dst_transform=dt,
-              dst_crs="EPSG:4326", resampling=Resampling.nearest, src_nodata=255, dst_nodata=255)
+    reproject(
+        k["mask"],
+        out,
+        src_transform=k["transform"],
+        src_crs=k["crs"],
+        dst_transform=dt,
+        dst_crs="EPSG:4326",
+        resampling=Resampling.nearest,
+        src_nodata=255,
+        dst_nodata=255,
+    )
     dt = Affine(dt.a, dt.b, dt.c + shift_m / 111_320.0, dt.d, dt.e, dt.f)  # ~metres -> degrees at the equator
     return write_tif(path, out, crs="EPSG:4326", transform=dt)
 
@@ -238,21 +292,24 @@ def test_truth_in_4326_is_aligned_to_3857_prediction(kampala: dict) -> None:
     (measured: 0.65), which a misaligned or unwarped read would also produce.
     """
     tmp = kampala["tmp"]
-    good = ev.evaluate(kampala["store"], to_4326(kampala, tmp / "t4326.tif", 1.37), out_dir=tmp / "good",
-                       quicklooks=False)
+    good = ev.evaluate(
+        kampala["store"], to_4326(kampala, tmp / "t4326.tif", 1.37), out_dir=tmp / "good", quicklooks=False
+    )
     img = good["images"]["kampala_z21_image"]
     assert img["alignment"].startswith("reprojected from EPSG:4326")
     assert img["per_class"]["building"]["iou"] > 0.95
     assert img["per_class"]["background"]["iou"] > 0.98
-    assert img["evaluated"] > 0.95 * kampala["mask"].size       # the whole scene is covered and counted
+    assert img["evaluated"] > 0.95 * kampala["mask"].size  # the whole scene is covered and counted
 
     # the same grid read directly (no warp) is exact
-    same = ev.evaluate(kampala["store"], kampala["scene"] / "kampala_z21_mask.tif", out_dir=tmp / "same",
-                       quicklooks=False)["images"]["kampala_z21_image"]
+    same = ev.evaluate(
+        kampala["store"], kampala["scene"] / "kampala_z21_mask.tif", out_dir=tmp / "same", quicklooks=False
+    )["images"]["kampala_z21_image"]
     assert same["alignment"] == "same grid" and same["mean_iou"] == 1.0
 
-    bad = ev.evaluate(kampala["store"], to_4326(kampala, tmp / "shift.tif", 1.37, shift_m=2.0),
-                      out_dir=tmp / "bad", quicklooks=False)["images"]["kampala_z21_image"]
+    bad = ev.evaluate(
+        kampala["store"], to_4326(kampala, tmp / "shift.tif", 1.37, shift_m=2.0), out_dir=tmp / "bad", quicklooks=False
+    )["images"]["kampala_z21_image"]
     assert bad["per_class"]["building"]["iou"] < 0.8
     assert img["per_class"]["building"]["iou"] - bad["per_class"]["building"]["iou"] > 0.2
 
@@ -273,10 +330,9 @@ def test_real_4326_chips_score_against_3857_scene(kampala: dict, data_dir: Path)
 def test_quicklook_and_confusion_png(kampala: dict) -> None:
     """PNGs open, have the announced sizes, are not blank, and colour errors where the truth is shifted."""
     tmp = kampala["tmp"]
-    res = ev.evaluate(kampala["store"], to_4326(kampala, tmp / "shift_q.tif", 1.37, shift_m=2.0),
-                      out_dir=tmp / "ql")
+    res = ev.evaluate(kampala["store"], to_4326(kampala, tmp / "shift_q.tif", 1.37, shift_m=2.0), out_dir=tmp / "ql")
     info = res["images"]["kampala_z21_image"]["quicklook"]
-    assert info["sampled_shape"] == [683, 1024]                 # 2048x3072 shrunk to 1024 on the long side
+    assert info["sampled_shape"] == [683, 1024]  # 2048x3072 shrunk to 1024 on the long side
     png = cv2.imread(info["path"], cv2.IMREAD_COLOR)
     assert png is not None and list(png.shape[:2]) == info["png_shape"]
     rgb = cv2.cvtColor(png, cv2.COLOR_BGR2RGB)
@@ -284,10 +340,10 @@ def test_quicklook_and_confusion_png(kampala: dict) -> None:
     assert list(panels) == ["image", "prediction", "errors vs truth"]
     r, c, ph, pw = panels["image"]
     assert (ph, pw) == (683, 1024)
-    image = rgb[r:r + ph, c:c + pw].astype(int)
-    assert image.std() > 20                                      # the real photo, not a flat fill
+    image = rgb[r : r + ph, c : c + pw].astype(int)
+    assert image.std() > 20  # the real photo, not a flat fill
     r, c, ph, pw = panels["errors vs truth"]
-    errors = rgb[r:r + ph, c:c + pw].astype(int)
+    errors = rgb[r : r + ph, c : c + pw].astype(int)
 
     def share(colour: tuple[int, int, int]) -> float:
         """Fraction of panel pixels dominated by this error colour (blended at 80 % over grey)."""
@@ -308,14 +364,34 @@ def test_quicklook_and_confusion_png(kampala: dict) -> None:
 
 def test_match_truth_by_name_never_guesses(tmp_path: Path) -> None:
     """Exact, case-insensitive, safe-name and _mask/_image suffix matches; ambiguity is reported."""
-    files = [tmp_path / n for n in ["kampala_z21_mask.tif", "SCENE_B.tif", "tile_c_label.tif", "dup_mask.tif",
-                                    "dup-mask.tif", "a_image_mask.tif", "a_mask.tif", "orphan.tif"]]
-    groups = {"kampala_z21_image": "/x/kampala_z21_image.tif", "scene_b": None, "tile-c": None,
-              "dup": None, "a_image": None, "lonely": None}
+    files = [
+        tmp_path / n
+        for n in [
+            "kampala_z21_mask.tif",
+            "SCENE_B.tif",
+            "tile_c_label.tif",
+            "dup_mask.tif",
+            "dup-mask.tif",
+            "a_image_mask.tif",
+            "a_mask.tif",
+            "orphan.tif",
+        ]
+    ]
+    groups = {
+        "kampala_z21_image": "/x/kampala_z21_image.tif",
+        "scene_b": None,
+        "tile-c": None,
+        "dup": None,
+        "a_image": None,
+        "lonely": None,
+    }
     matches, unmatched, unused, ambiguous = ev.match_truth(groups, files)
     assert {k: v.name for k, v in matches.items()} == {
-        "kampala_z21_image": "kampala_z21_mask.tif", "scene_b": "SCENE_B.tif", "tile-c": "tile_c_label.tif",
-        "a_image": "a_image_mask.tif"}
+        "kampala_z21_image": "kampala_z21_mask.tif",
+        "scene_b": "SCENE_B.tif",
+        "tile-c": "tile_c_label.tif",
+        "a_image": "a_image_mask.tif",
+    }
     assert unmatched == ["lonely"]
     assert sorted(ambiguous["dup"]) == ["dup-mask.tif", "dup_mask.tif"]
     assert sorted(p.name for p in unused) == ["a_mask.tif", "dup-mask.tif", "dup_mask.tif", "orphan.tif"]
@@ -342,14 +418,27 @@ def test_truth_directory_of_real_masks_without_crs_prediction(tmp_path: Path, da
         assert info.crs is None
         with rasterio.open(masks / f"{img.stem}.tif") as src:
             truth = src.read(1)
-        pred = truth.copy() if i else np.zeros_like(truth)      # the first image predicts no building
-        write_store(store, tstore.group_name(img, set()), pred, crs=None, transform=Affine(*info.transform),
-                    classes=["background", "building"], source=str(img))
+        pred = truth.copy() if i else np.zeros_like(truth)  # the first image predicts no building
+        write_store(
+            store,
+            tstore.group_name(img, set()),
+            pred,
+            crs=None,
+            transform=Affine(*info.transform),
+            classes=["background", "building"],
+            source=str(img),
+        )
         refs[tstore.group_name(img, set())] = reference_metrics(truth, pred, 2, {255})
     # one more image whose mask is not in the directory: reported, drawn without an error panel
-    write_store(store, "not_in_truth", np.zeros((64, 64), np.uint8), crs=None, transform=Affine.identity(),
-                classes=["background", "building"],
-                source=str(data_dir / "kampala" / "scene" / "kampala_z21_image.tif"))
+    write_store(
+        store,
+        "not_in_truth",
+        np.zeros((64, 64), np.uint8),
+        crs=None,
+        transform=Affine.identity(),
+        classes=["background", "building"],
+        source=str(data_dir / "kampala" / "scene" / "kampala_z21_image.tif"),
+    )
     res = ev.evaluate(store, masks, out_dir=tmp_path / "out")
     assert sorted(res["images"]) == sorted(refs)
     assert len(res["unmatched_truth"]) == len(list(masks.glob("*.tif"))) - 3
@@ -410,12 +499,18 @@ def test_partial_overlap_other_grid_same_crs(tmp_path: Path, small_tasks: None) 
     """Truth on a shifted 2x coarser grid in the same CRS: warped (nearest), outside ignored, exact counts."""
     rng = np.random.default_rng(3)
     coarse = rng.integers(0, 2, (40, 50), dtype=np.uint8)
-    t_transform = from_origin(500010, 39990, 1.0, 1.0)            # 20 px right and down of the prediction
+    t_transform = from_origin(500010, 39990, 1.0, 1.0)  # 20 px right and down of the prediction
     tif = write_tif(tmp_path / "t.tif", coarse, crs=UTM, transform=t_transform, nodata=None)
     pred = rng.integers(0, 2, (150, 160), dtype=np.uint8)
     store = tmp_path / "run.zarr"
-    write_store(store, "scene", pred, crs=UTM, transform=from_origin(500000, 40000, 0.5, 0.5),
-                classes=["background", "building"])
+    write_store(
+        store,
+        "scene",
+        pred,
+        crs=UTM,
+        transform=from_origin(500000, 40000, 0.5, 0.5),
+        classes=["background", "building"],
+    )
     # expected truth on the prediction grid: each 0.5 m pixel takes the 1 m truth pixel containing its centre
     on_grid = np.full(pred.shape, 255, np.uint8)
     on_grid[20:100, 20:120] = np.repeat(np.repeat(coarse, 2, axis=0), 2, axis=1)
@@ -438,13 +533,21 @@ def test_ray_scheduler_gives_the_same_counts(tmp_path: Path, small_tasks: None) 
     write_store(store, "scene", pred, crs=UTM, transform=transform, classes=CLASSES)
     t4326 = tmp_path / "t.tif"
     bounds = transform_bounds(UTM, "EPSG:4326", 500000, 40000 - 65, 500070, 40000)
-    write_tif(t4326, np.ones((50, 60), np.uint8), crs="EPSG:4326",
-              transform=from_origin(bounds[0], bounds[3], (bounds[2] - bounds[0]) / 60,
-                                    (bounds[3] - bounds[1]) / 50))
+    write_tif(
+        t4326,
+        np.ones((50, 60), np.uint8),
+        crs="EPSG:4326",
+        transform=from_origin(bounds[0], bounds[3], (bounds[2] - bounds[0]) / 60, (bounds[3] - bounds[1]) / 50),
+    )
     threads = ev.evaluate(store, t4326, out_dir=tmp_path / "t", quicklooks=False)
     # a private 1-CPU Ray (never someone else's cluster); evaluate() leaves an initialised Ray running
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
-             _temp_dir=tempfile.mkdtemp(prefix="tsray-"), _node_ip_address="127.0.0.1")
+    ray.init(
+        num_cpus=1,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=tempfile.mkdtemp(prefix="tsray-"),
+        _node_ip_address="127.0.0.1",
+    )
     try:
         on_ray = ev.evaluate(store, t4326, out_dir=tmp_path / "r", scheduler="ray", quicklooks=False)
     finally:
@@ -462,8 +565,7 @@ def test_command_line_prints_table(tmp_path: Path, capsys: pytest.CaptureFixture
     tif = write_tif(tmp_path / "scene.tif", truth, crs=UTM, transform=transform)
     parser = argparse.ArgumentParser()
     ev.add_arguments(parser)
-    args = parser.parse_args([str(store), "--truth", str(tif), "--out", str(tmp_path / "o"),
-                              "--no-quicklooks"])
+    args = parser.parse_args([str(store), "--truth", str(tif), "--out", str(tmp_path / "o"), "--no-quicklooks"])
     assert ev.run_from_args(args) == 0
     assert "| building |" in capsys.readouterr().out
     args = parser.parse_args([str(store), "--truth", str(tmp_path / "missing.tif")])

@@ -35,15 +35,39 @@ def _full(path: Path, bands: list[int] | None = None) -> tuple[np.ndarray, np.nd
 def test_discover_files_dirs_globs_and_skips(tmp_path: Path) -> None:
     (tmp_path / "sub" / "deeper").mkdir(parents=True)
     (tmp_path / ".git").mkdir()
-    names = ["b.TIF", "a.tif", "notes.txt", "a.tif.aux.xml", "a.tif.ovr", "meta.json", "sub/c.png",
-             "sub/deeper/d.JPEG", "sub/e.jp2", "sub/f.vrt", "sub/g.img", "sub/h.tiff", "sub/i.jpg",
-             ".hidden.tif", ".git/x.tif", "README"]
+    names = [
+        "b.TIF",
+        "a.tif",
+        "notes.txt",
+        "a.tif.aux.xml",
+        "a.tif.ovr",
+        "meta.json",
+        "sub/c.png",
+        "sub/deeper/d.JPEG",
+        "sub/e.jp2",
+        "sub/f.vrt",
+        "sub/g.img",
+        "sub/h.tiff",
+        "sub/i.jpg",
+        ".hidden.tif",
+        ".git/x.tif",
+        "README",
+    ]
     for n in names:
         (tmp_path / n).write_bytes(b"x")
     paths, skipped = discover([str(tmp_path), str(tmp_path / "a.tif"), str(tmp_path / "missing.tif")])
     rel = [os.path.relpath(p, tmp_path) for p in paths]
-    assert rel == ["a.tif", "b.TIF", "sub/c.png", "sub/deeper/d.JPEG", "sub/e.jp2", "sub/f.vrt", "sub/g.img",
-                   "sub/h.tiff", "sub/i.jpg"]  # sorted, recursive, hidden skipped, duplicate a.tif once
+    assert rel == [
+        "a.tif",
+        "b.TIF",
+        "sub/c.png",
+        "sub/deeper/d.JPEG",
+        "sub/e.jp2",
+        "sub/f.vrt",
+        "sub/g.img",
+        "sub/h.tiff",
+        "sub/i.jpg",
+    ]  # sorted, recursive, hidden skipped, duplicate a.tif once
     reasons = {os.path.relpath(p, tmp_path): r for p, r in skipped}
     assert set(reasons) == {"notes.txt", "a.tif.aux.xml", "a.tif.ovr", "meta.json", "README", "missing.tif"}
     assert reasons["missing.tif"] == "no such file"

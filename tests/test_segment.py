@@ -179,7 +179,6 @@ def test_cluster_config_is_valid_against_rays_schema():
     assert any("tileseg" in cmd for cmd in config["setup_commands"])
 
 
-
 def test_read_stage_ships_valid_only_when_something_is_invalid(data_dir):
     from tileseg.segment import read_stage
 

@@ -40,12 +40,21 @@ REAL = [
 ]
 
 
-def _segment(path: str | Path, info: ImageInfo, store: Path, name: str, chunk: int, block: int,
-             probabilities: bool = False) -> np.ndarray:
+def _segment(
+    path: str | Path, info: ImageInfo, store: Path, name: str, chunk: int, block: int, probabilities: bool = False
+) -> np.ndarray:
     """Fake a job: read each block, threshold its first band, write it; return the expected mask."""
     plan = block_plan(info.height, info.width, block)
-    st.create_image_group(store, name, info, classes=CLASSES, chunk=chunk, num_blocks=len(plan),
-                          probabilities=probabilities, attrs={"tile": 256, "model": "threshold"})
+    st.create_image_group(
+        store,
+        name,
+        info,
+        classes=CLASSES,
+        chunk=chunk,
+        num_blocks=len(plan),
+        probabilities=probabilities,
+        attrs={"tile": 256, "model": "threshold"},
+    )
     expected = np.full((info.height, info.width), 255, np.uint8)
     for i, win in enumerate(plan):
         px, valid = read_window(path, win)
@@ -75,8 +84,15 @@ def test_output_is_georeferenced_for_xarray_and_gdal(tmp_path: Path, data_dir: P
     st.create_store(store, {"command": "test"})
     name = st.group_name(path, set())
     big = info.height * info.width > 2_000_000
-    expected = _segment(path, info, store, name, chunk=512 if big else 128, block=1024 if big else 256,
-                        probabilities=rel.endswith("RGB.byte.tif"))
+    expected = _segment(
+        path,
+        info,
+        store,
+        name,
+        chunk=512 if big else 128,
+        block=1024 if big else 256,
+        probabilities=rel.endswith("RGB.byte.tif"),
+    )
     assert st.image_groups(store) == [name]
     assert st.read_georef(store, name) == (info.crs, info.transform)
     np.testing.assert_array_equal(st.open_mask(store, name)[:], expected)
@@ -134,9 +150,26 @@ def test_nan_and_mask_band_inputs_come_out_as_nodata(tmp_path: Path) -> None:
 
 def test_group_names_are_safe_and_unique(tmp_path: Path) -> None:
     taken: set[str] = set()
-    inputs = ["../../evil.tif", "a/b", "a/b.tif", "A/B.TIF", "..", ".", ".hidden.tif", "...tif", "",
-              "zarr.json.tif", "Zürich scene.tif", "東京.tif", "x:y*z?.tif", "__init__.tif", "c/",
-              "C:\\data\\win.tif", "very" * 60 + ".tif", "../../evil.tif"]
+    inputs = [
+        "../../evil.tif",
+        "a/b",
+        "a/b.tif",
+        "A/B.TIF",
+        "..",
+        ".",
+        ".hidden.tif",
+        "...tif",
+        "",
+        "zarr.json.tif",
+        "Zürich scene.tif",
+        "東京.tif",
+        "x:y*z?.tif",
+        "__init__.tif",
+        "c/",
+        "C:\\data\\win.tif",
+        "very" * 60 + ".tif",
+        "../../evil.tif",
+    ]
     names = [st.group_name(p, taken) for p in inputs]
     assert names[:4] == ["evil", "b", "b-2", "B-3"]
     assert names[4:9] == ["image", "image-2", "hidden", "tif", "image-3"]  # "..", ".", ".hidden", "...tif", ""
@@ -165,8 +198,17 @@ def test_group_names_are_safe_and_unique(tmp_path: Path) -> None:
 
 
 def _info(h: int = 300, w: int = 200) -> ImageInfo:
-    return ImageInfo("/data/img.tif", h, w, 3, "uint8", rasterio.crs.CRS.from_epsg(32633).to_wkt(),
-                     (0.5, 0.0, 500000.0, 0.0, -0.5, 4500000.0), None, "GTiff")
+    return ImageInfo(
+        "/data/img.tif",
+        h,
+        w,
+        3,
+        "uint8",
+        rasterio.crs.CRS.from_epsg(32633).to_wkt(),
+        (0.5, 0.0, 500000.0, 0.0, -0.5, 4500000.0),
+        None,
+        "GTiff",
+    )
 
 
 def test_layout_and_resume(tmp_path: Path) -> None:
@@ -175,8 +217,9 @@ def test_layout_and_resume(tmp_path: Path) -> None:
     created = root.attrs["tileseg"]["created"]
     info = _info()
     plan = block_plan(300, 200, 128)
-    st.create_image_group(store, "img", info, classes=CLASSES, chunk=64, num_blocks=len(plan),
-                          probabilities=True, attrs={"overlap": 32})
+    st.create_image_group(
+        store, "img", info, classes=CLASSES, chunk=64, num_blocks=len(plan), probabilities=True, attrs={"overlap": 32}
+    )
     g = zarr.open_group(store, path="img", mode="r")
     assert g["mask"].chunks == (64, 64) and g["mask"].fill_value == 255 and g["mask"].dtype == np.uint8
     assert g["probability"].chunks == (1, 64, 64) and g["probability"].dtype == np.float32
@@ -192,16 +235,14 @@ def test_layout_and_resume(tmp_path: Path) -> None:
     st.write_block(store, "img", plan[0], mask, prob, 0)
     assert st.done_blocks(store, "img") == {0}
     # same layout: kept, including the finished block (resume)
-    st.create_image_group(store, "img", info, classes=CLASSES, chunk=64, num_blocks=len(plan),
-                          probabilities=True)
+    st.create_image_group(store, "img", info, classes=CLASSES, chunk=64, num_blocks=len(plan), probabilities=True)
     assert st.done_blocks(store, "img") == {0}
     np.testing.assert_array_equal(st.open_mask(store, "img")[:128, :128], mask)
     st.create_store(store, {"run": 2})
     assert zarr.open_group(store, mode="r").attrs["tileseg"]["created"] == created
     # different layout: refused, unless overwrite
     with pytest.raises(st.StoreError, match=r"img: .*different layout .*chunk 64 -> 128"):
-        st.create_image_group(store, "img", info, classes=CLASSES, chunk=128, num_blocks=len(plan),
-                              probabilities=True)
+        st.create_image_group(store, "img", info, classes=CLASSES, chunk=128, num_blocks=len(plan), probabilities=True)
     with pytest.raises(st.StoreError, match="probability_dtype"):
         st.create_image_group(store, "img", info, classes=CLASSES, chunk=64, num_blocks=len(plan))
     st.create_image_group(store, "img", info, classes=CLASSES, chunk=128, num_blocks=len(plan), overwrite=True)
@@ -261,8 +302,7 @@ def test_block_is_marked_done_only_after_its_data(tmp_path: Path, monkeypatch: p
     store = tmp_path / "s.zarr"
     st.create_store(store)
     plan = block_plan(300, 200, 128)
-    st.create_image_group(store, "img", _info(), classes=CLASSES, chunk=64, num_blocks=len(plan),
-                          probabilities=True)
+    st.create_image_group(store, "img", _info(), classes=CLASSES, chunk=64, num_blocks=len(plan), probabilities=True)
     real_setitem = zarr.Array.__setitem__
 
     def failing_setitem(self: zarr.Array, key: object, value: object) -> None:
@@ -285,8 +325,16 @@ def test_probability_storage(tmp_path: Path, dtype: str, tol: float) -> None:
     store = tmp_path / "s.zarr"
     st.create_store(store)
     plan = block_plan(130, 70, 64)
-    st.create_image_group(store, "img", _info(130, 70), classes=["a", "b", "c"], chunk=64, num_blocks=len(plan),
-                          probabilities=True, probability_dtype=dtype)
+    st.create_image_group(
+        store,
+        "img",
+        _info(130, 70),
+        classes=["a", "b", "c"],
+        chunk=64,
+        num_blocks=len(plan),
+        probabilities=True,
+        probability_dtype=dtype,
+    )
     full = np.zeros((3, 130, 70), np.float32)
     for i, win in enumerate(plan):
         mask, prob = synthetic_outputs(win, 3)
@@ -320,8 +368,9 @@ def test_parallel_writes_equal_sequential_bytes(tmp_path: Path) -> None:
     stores = {kind: tmp_path / f"{kind}.zarr" for kind in ("seq", "threads", "procs")}
     for s in stores.values():
         st.create_store(s)
-        st.create_image_group(s, "img", info, classes=["a", "b", "c"], chunk=64, num_blocks=len(plan),
-                              probabilities=True)
+        st.create_image_group(
+            s, "img", info, classes=["a", "b", "c"], chunk=64, num_blocks=len(plan), probabilities=True
+        )
     jobs = _jobs(plan)
     write_synthetic_blocks(str(stores["seq"]), "img", jobs)
 
@@ -342,15 +391,21 @@ def test_parallel_writes_equal_sequential_bytes(tmp_path: Path) -> None:
     assert sum(counts) == len(jobs)
 
     ref = zarr.open_group(stores["seq"], path="img", mode="r")
-    ref_files = {p.relative_to(stores["seq"] / "img"): p.read_bytes() for p in files_under(stores["seq"] / "img")
-                 if p.name != "zarr.json"}
+    ref_files = {
+        p.relative_to(stores["seq"] / "img"): p.read_bytes()
+        for p in files_under(stores["seq"] / "img")
+        if p.name != "zarr.json"
+    }
     assert any(str(k).startswith("mask/c/") for k in ref_files) and len(ref_files) > 3 * len(plan)
     for kind in ("threads", "procs"):
         g = zarr.open_group(stores[kind], path="img", mode="r")
         for arr in ("mask", "probability", "blocks_done"):
             np.testing.assert_array_equal(g[arr][:], ref[arr][:], err_msg=f"{kind}: {arr}")
-        files = {p.relative_to(stores[kind] / "img"): p.read_bytes() for p in files_under(stores[kind] / "img")
-                 if p.name != "zarr.json"}
+        files = {
+            p.relative_to(stores[kind] / "img"): p.read_bytes()
+            for p in files_under(stores[kind] / "img")
+            if p.name != "zarr.json"
+        }
         assert files.keys() == ref_files.keys(), kind
         assert all(files[k] == ref_files[k] for k in files), kind  # chunk objects identical byte for byte
         assert st.done_blocks(stores[kind], "img") == set(range(len(plan)))
@@ -368,8 +423,9 @@ def test_export_cogs(tmp_path: Path, data_dir: Path) -> None:
     h, w = 1500, 1100  # big enough for overviews at 256-pixel COG blocks
     info = _info(h, w)
     plan = block_plan(h, w, 512)
-    st.create_image_group(store, "scene", info, classes=["background", "building", "road"], chunk=256,
-                          num_blocks=len(plan))
+    st.create_image_group(
+        store, "scene", info, classes=["background", "building", "road"], chunk=256, num_blocks=len(plan)
+    )
     expected = np.full((h, w), 255, np.uint8)
     for i, win in enumerate(plan[:-1]):  # the last block stays unwritten: nodata in the COG
         mask, _ = synthetic_outputs(win, 3)

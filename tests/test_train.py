@@ -26,8 +26,9 @@ STEPS = 3  # steps per epoch
 @pytest.fixture(scope="module")
 def ray_local():
     """A private 2-CPU Ray for this module (never someone else's cluster)."""
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="tsray-"),
-             _node_ip_address="127.0.0.1")
+    ray.init(
+        num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="tsray-"), _node_ip_address="127.0.0.1"
+    )
     yield
     ray.shutdown()
 
@@ -43,9 +44,31 @@ def crashed_run(ray_local, data_dir, tmp_path_factory):
     """`tileseg train --images kampala --workers 2 ...` whose rank-1 process os._exit()s in epoch 2."""
     root = tmp_path_factory.mktemp("crashed")
     out = root / "model.keras"
-    argv = ["--images", str(data_dir / "kampala"), "--out", str(out), "--workers", "2", "--arch", "unet",
-            "--tile", "32", "--base-filters", "4", "--depth", "2", "--batch-size", "4", "--epochs", "3",
-            "--steps-per-epoch", str(STEPS), "--classes", "background", "building"]
+    argv = [
+        "--images",
+        str(data_dir / "kampala"),
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+        "--arch",
+        "unet",
+        "--tile",
+        "32",
+        "--base-filters",
+        "4",
+        "--depth",
+        "2",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "3",
+        "--steps-per-epoch",
+        str(STEPS),
+        "--classes",
+        "background",
+        "building",
+    ]
     config = {**vars(parser().parse_args(argv)), "trace_dir": str(root / "trace"), "fail_at_epoch": 2}
     (root / "trace").mkdir()
     with pytest.raises(ray.train.TrainingFailedError):

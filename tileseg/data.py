@@ -96,9 +96,7 @@ def find_pairs(images: str | Path, masks: str | Path | None = None, *, strict: b
         ih, iw, _ = _shape(image_files[stem])
         mh, mw, mc = _shape(mask_files[stem])
         if (ih, iw) != (mh, mw):
-            raise DataError(
-                f"{mask_files[stem]}: mask is {mh}x{mw} but image {image_files[stem]} is {ih}x{iw}"
-            )
+            raise DataError(f"{mask_files[stem]}: mask is {mh}x{mw} but image {image_files[stem]} is {ih}x{iw}")
         if mc != 1:
             raise DataError(f"{mask_files[stem]}: a mask must have 1 band, it has {mc}")
         pairs.append(Pair(image_files[stem], mask_files[stem], ih, iw))
@@ -266,8 +264,9 @@ class TileSampler:
             pair = self.pairs[min(int(np.searchsorted(self.cumulative, rng.random())), len(self.pairs) - 1)]
             row = int(rng.integers(0, max(pair.height - self.tile, 0) + 1))
             col = int(rng.integers(0, max(pair.width - self.tile, 0) + 1))
-            image, labels, weights = read_pair(pair, Window(row, col, self.tile, self.tile), self.bands,
-                                               self.num_classes)
+            image, labels, weights = read_pair(
+                pair, Window(row, col, self.tile, self.tile), self.bands, self.num_classes
+            )
             if weights.mean() >= self.min_valid:
                 break
         x = normalise(image, self.mean, self.std) * (weights[..., None] > 0)
@@ -330,8 +329,7 @@ def validation_tiles(
         col_spans = _owned(grid.cols, tile, pair.width)
         whole = None
         if pair.height * pair.width <= whole_read_pixels:  # one read, then tiles cut in memory
-            whole = read_pair(pair, Window(0, 0, max(pair.height, tile), max(pair.width, tile)), bands,
-                              num_classes)
+            whole = read_pair(pair, Window(0, 0, max(pair.height, tile), max(pair.width, tile)), bands, num_classes)
         for r, row in enumerate(grid.rows.tolist()):
             for c, col in enumerate(grid.cols.tolist()):
                 if whole is not None:

@@ -99,8 +99,7 @@ def _norm(text: str) -> str:
 def _truth_files(truth: Path) -> list[Path]:
     """Raster files directly inside a truth directory (sidecars such as .aux.xml/.ovr are skipped)."""
     return sorted(
-        p for p in truth.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in RASTER_SUFFIXES
+        p for p in truth.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in RASTER_SUFFIXES
     )
 
 
@@ -148,8 +147,9 @@ def match_truth(
                 del free_groups[name]
             elif len(found) == 1:
                 if len(takers[found[0]]) > 1:
-                    ambiguous[name] = [found[0].name + " (also claimed by " + ", ".join(
-                        n for n in takers[found[0]] if n != name) + ")"]
+                    ambiguous[name] = [
+                        found[0].name + " (also claimed by " + ", ".join(n for n in takers[found[0]] if n != name) + ")"
+                    ]
                     del free_groups[name]
                     continue
                 matches[name] = found[0]
@@ -267,14 +267,18 @@ def plan_truth(
 
     if p_crs is None or t_crs is None:
         if t_shape != (height, width):
-            who = "neither has a CRS" if p_crs is None and t_crs is None else (
-                "the truth has no CRS" if t_crs is None else "the prediction has no CRS")
+            who = (
+                "neither has a CRS"
+                if p_crs is None and t_crs is None
+                else ("the truth has no CRS" if t_crs is None else "the prediction has no CRS")
+            )
             raise EvaluationError(f"cannot align {where}: {who} and the shapes differ")
         if p_crs is None and t_crs is None and not _same_transform(p_transform, t_transform):
             notes.append(f"{name}: no CRS on either side and transforms differ; compared pixel for pixel")
         elif (p_crs is None) != (t_crs is None):
-            notes.append(f"{name}: {'truth' if t_crs is None else 'prediction'} has no CRS; same shape, "
-                         "compared pixel for pixel")
+            notes.append(
+                f"{name}: {'truth' if t_crs is None else 'prediction'} has no CRS; same shape, compared pixel for pixel"
+            )
         return direct("pixel-aligned (no CRS, same shape)")
     if p_crs == t_crs and t_shape == (height, width) and _same_transform(p_transform, t_transform):
         return direct("same grid")
@@ -287,13 +291,19 @@ def plan_truth(
     try:
         b = transform_bounds(p_crs, t_crs, *p_bounds, densify_pts=21)
     except Exception as exc:  # noqa: BLE001 - pyproj/GDAL errors come in many types
-        raise EvaluationError(f"cannot align {where}: prediction bounds do not transform to the truth CRS "
-                              f"({exc})") from exc
-    if not all(map(math.isfinite, b)) or b[0] >= t_bounds.right or b[2] <= t_bounds.left or (
-        b[1] >= t_bounds.top or b[3] <= t_bounds.bottom
+        raise EvaluationError(
+            f"cannot align {where}: prediction bounds do not transform to the truth CRS ({exc})"
+        ) from exc
+    if (
+        not all(map(math.isfinite, b))
+        or b[0] >= t_bounds.right
+        or b[2] <= t_bounds.left
+        or (b[1] >= t_bounds.top or b[3] <= t_bounds.bottom)
     ):
-        raise EvaluationError(f"cannot align {where}: the grids do not intersect (prediction bounds in the "
-                              f"truth CRS {tuple(round(v, 6) for v in b)}, truth bounds {tuple(t_bounds)})")
+        raise EvaluationError(
+            f"cannot align {where}: the grids do not intersect (prediction bounds in the "
+            f"truth CRS {tuple(round(v, 6) for v in b)}, truth bounds {tuple(t_bounds)})"
+        )
     if nodata is not None and math.isfinite(nodata):
         fill: float = nodata
     else:
@@ -368,15 +378,17 @@ class MaskHandle:
         return np.asarray(tstore.open_mask(self.store, self.name)[key])
 
 
-def confusion_graph(
-    mask: zarr.Array | MaskHandle, truth: TruthSource, ignore: set[int | float], nbins: int
-) -> Any:
+def confusion_graph(mask: zarr.Array | MaskHandle, truth: TruthSource, ignore: set[int | float], nbins: int) -> Any:
     """Lazy Dask array of the summed (nbins+1, nbins+2) confusion counts of one image."""
     import dask.array as da
     from dask.base import tokenize
 
-    name = "tileseg-mask-" + tokenize(getattr(mask, "store", None), getattr(mask, "name", None), mask.shape,
-                                      id(mask) if isinstance(mask, zarr.Array) else None)
+    name = "tileseg-mask-" + tokenize(
+        getattr(mask, "store", None),
+        getattr(mask, "name", None),
+        mask.shape,
+        id(mask) if isinstance(mask, zarr.Array) else None,
+    )
     pred = da.from_array(mask, chunks=_eval_chunks(mask), name=name, asarray=False, fancy=False)
     nby, nbx = pred.numblocks
     blocks = pred.map_blocks(
@@ -491,8 +503,10 @@ def _class_table(metrics: dict[str, Any]) -> list[str]:
     """Markdown rows of the per-class table of one metrics dict."""
     lines = ["| class | IoU | Dice | precision | recall | support |", "|---|---:|---:|---:|---:|---:|"]
     for name, m in metrics["per_class"].items():
-        lines.append(f"| {name} | {_fmt(m['iou'])} | {_fmt(m['dice'])} | {_fmt(m['precision'])} | "
-                     f"{_fmt(m['recall'])} | {m['support']:,} |")
+        lines.append(
+            f"| {name} | {_fmt(m['iou'])} | {_fmt(m['dice'])} | {_fmt(m['precision'])} | "
+            f"{_fmt(m['recall'])} | {m['support']:,} |"
+        )
     return lines
 
 
@@ -514,18 +528,26 @@ def markdown_report(result: dict[str, Any]) -> str:
         f"{overall['no_prediction']:,}; ignored truth pixels: {overall['ignored']:,}",
     ]
     if overall["truth_out_of_range"] or overall["pred_out_of_range"]:
-        lines.append(f"- values outside the class list (excluded): truth {overall['truth_out_of_range']:,}, "
-                     f"prediction {overall['pred_out_of_range']:,}")
+        lines.append(
+            f"- values outside the class list (excluded): truth {overall['truth_out_of_range']:,}, "
+            f"prediction {overall['pred_out_of_range']:,}"
+        )
     if images:
         names = result["classes"]
-        lines += ["", "## Per image", "",
-                  "| image | pixel acc. | mIoU | " + " | ".join(f"IoU {c}" for c in names)
-                  + " | no prediction | alignment |",
-                  "|---|---:|---:|" + "---:|" * len(names) + "---:|---|"]
+        lines += [
+            "",
+            "## Per image",
+            "",
+            "| image | pixel acc. | mIoU | " + " | ".join(f"IoU {c}" for c in names) + " | no prediction | alignment |",
+            "|---|---:|---:|" + "---:|" * len(names) + "---:|---|",
+        ]
         for name, m in images.items():
             ious = [_fmt(m["per_class"][c]["iou"]) if c in m["per_class"] else "-" for c in names]
-            lines.append(f"| {name} | {_fmt(m['pixel_accuracy'])} | {_fmt(m['mean_iou'])} | "
-                         + " | ".join(ious) + f" | {m['no_prediction']:,} | {m['alignment']} |")
+            lines.append(
+                f"| {name} | {_fmt(m['pixel_accuracy'])} | {_fmt(m['mean_iou'])} | "
+                + " | ".join(ious)
+                + f" | {m['no_prediction']:,} | {m['alignment']} |"
+            )
     if result["unmatched_groups"] or result["ambiguous"] or result["unmatched_truth"]:
         lines += ["", "## Not evaluated", ""]
         for name in result["unmatched_groups"]:
@@ -540,8 +562,11 @@ def markdown_report(result: dict[str, Any]) -> str:
             lines.append(f"- {len(unused)} truth file(s) matched no image group: {shown}{more}")
     if result["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in result["warnings"]]
-    lines += ["", "Rows of confusion matrices are truth, columns prediction. Truth pixels whose prediction "
-              "is 255 (no prediction) are excluded from the metrics and counted apart."]
+    lines += [
+        "",
+        "Rows of confusion matrices are truth, columns prediction. Truth pixels whose prediction "
+        "is 255 (no prediction) are excluded from the metrics and counted apart.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -560,8 +585,7 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path, title: st
     fig, ax = plt.subplots(figsize=(side + 1.2, side), dpi=100)
     im = ax.imshow(np.nan_to_num(norm, nan=0.0), cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of truth row")
-    ax.set_xticks(range(k), labels=list(classes), rotation=45 if k > 3 else 0,
-                  ha="right" if k > 3 else "center")
+    ax.set_xticks(range(k), labels=list(classes), rotation=45 if k > 3 else 0, ha="right" if k > 3 else "center")
     ax.set_yticks(range(k), labels=list(classes))
     ax.set_xlabel("predicted")
     ax.set_ylabel("truth")
@@ -570,8 +594,15 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path, title: st
         for j in range(k):
             frac = norm[i, j]
             text = f"{cm[i, j]:,}\n" + ("-" if math.isnan(frac) else f"{100 * frac:.1f}%")
-            ax.text(j, i, text, ha="center", va="center", fontsize=9,
-                    color="white" if (not math.isnan(frac) and frac > 0.5) else "black")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if (not math.isnan(frac) and frac > 0.5) else "black",
+            )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -590,8 +621,21 @@ ERROR_COLOURS = {
 
 def class_palette(k: int) -> np.ndarray:
     """RGB colour per class index (class 0 is drawn transparent in overlays)."""
-    base = np.array([(128, 128, 128), (255, 140, 0), (0, 200, 255), (255, 0, 160), (120, 255, 40),
-                     (160, 80, 255), (255, 255, 0), (0, 255, 160), (255, 90, 90), (90, 90, 255)], np.uint8)
+    base = np.array(
+        [
+            (128, 128, 128),
+            (255, 140, 0),
+            (0, 200, 255),
+            (255, 0, 160),
+            (120, 255, 40),
+            (160, 80, 255),
+            (255, 255, 0),
+            (0, 255, 160),
+            (255, 90, 90),
+            (90, 90, 255),
+        ],
+        np.uint8,
+    )
     return base[np.arange(max(k, 1)) % len(base)]
 
 
@@ -620,7 +664,7 @@ def _to_rgb8(pixels: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
         data = px.astype(np.float64)
         sel = data[valid] if valid is not None and valid.any() else data.reshape(-1, 3)
         sel = sel[np.isfinite(sel).all(axis=-1)] if sel.size else sel
-        lo, hi = (np.percentile(sel, (2, 98), axis=0) if sel.size else (np.zeros(3), np.ones(3)))
+        lo, hi = np.percentile(sel, (2, 98), axis=0) if sel.size else (np.zeros(3), np.ones(3))
         out = np.clip((data - lo) / np.maximum(hi - lo, 1e-12) * 255, 0, 255)
         out = np.nan_to_num(out).astype(np.uint8)
     if valid is not None:
@@ -724,12 +768,11 @@ def render_quicklook(
     for i, (label, img) in enumerate(panels):
         x0 = i * (pw + gap)
         boxes.append((label, head, x0, ph, pw))
-        canvas[head:head + ph, x0:x0 + pw] = np.repeat(np.repeat(img, zoom, axis=0), zoom, axis=1)
-        cv2.putText(canvas, label if i else title, (x0 + 4, head - 8), font, fscale, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        canvas[head : head + ph, x0 : x0 + pw] = np.repeat(np.repeat(img, zoom, axis=0), zoom, axis=1)
+        cv2.putText(canvas, label if i else title, (x0 + 4, head - 8), font, fscale, (0, 0, 0), 1, cv2.LINE_AA)
     for x, row, label, colour in items:
         y = head + ph + 6 + row * 22
-        canvas[y + 2:y + 16, x + 4:x + 18] = colour
+        canvas[y + 2 : y + 16, x + 4 : x + 18] = colour
         cv2.putText(canvas, label, (x + 22, y + 14), font, fscale, (0, 0, 0), 1, cv2.LINE_AA)
     return canvas, boxes
 
@@ -768,8 +811,12 @@ def write_quicklook(
     canvas, boxes = render_quicklook(background, pred, t, valid, classes, name)
     if not cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)):
         raise OSError(f"cannot write {path}")
-    return {"path": str(path), "sampled_shape": [h, w], "png_shape": list(canvas.shape[:2]),
-            "panels": {label: [r, c, ph, pw] for label, r, c, ph, pw in boxes}}
+    return {
+        "path": str(path),
+        "sampled_shape": [h, w],
+        "png_shape": list(canvas.shape[:2]),
+        "panels": {label: [r, c, ph, pw] for label, r, c, ph, pw in boxes},
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -854,28 +901,32 @@ def evaluate(
     for name in names:
         attrs = dict(root[name].attrs)
         mask = tstore.open_mask(ref, name)
-        handle = MaskHandle(ref, name, tuple(mask.shape), tuple(mask.chunks), mask.dtype) if isinstance(
-            ref, str) else mask
+        handle = (
+            MaskHandle(ref, name, tuple(mask.shape), tuple(mask.chunks), mask.dtype) if isinstance(ref, str) else mask
+        )
         group_classes = attrs.get("classes") or (list(classes) if classes else None)
         if attrs.get("classes") and classes and list(classes) != list(attrs["classes"]):
             notes.append(f"{name}: store classes {attrs['classes']} used instead of {list(classes)}")
         if attrs.get("complete") is False:
             notes.append(f"{name}: store group is marked incomplete; unwritten pixels count as no prediction")
         crs_wkt, transform = tstore.read_georef(ref, name)
-        plan: dict[str, Any] = {"mask": mask, "handle": handle, "classes": group_classes,
-                                "source": attrs.get("source"),
-                                "complete": attrs.get("complete"), "truth": None}
+        plan: dict[str, Any] = {
+            "mask": mask,
+            "handle": handle,
+            "classes": group_classes,
+            "source": attrs.get("source"),
+            "complete": attrs.get("complete"),
+            "truth": None,
+        }
         if name in matches:
-            src, eff_ignore, how, more = plan_truth(
-                matches[name], name, crs_wkt, transform, mask.shape, base_ignore)
+            src, eff_ignore, how, more = plan_truth(matches[name], name, crs_wkt, transform, mask.shape, base_ignore)
             notes += more
             plan.update(truth=src, ignore=eff_ignore, alignment=how, truth_path=str(matches[name]))
         plans[name] = plan
 
     evaluated = [n for n in names if plans[n]["truth"] is not None]
     nbins = {n: len(plans[n]["classes"]) if plans[n]["classes"] else PRED_NODATA for n in evaluated}
-    graphs = [confusion_graph(plans[n]["handle"], plans[n]["truth"], plans[n]["ignore"], nbins[n])
-              for n in evaluated]
+    graphs = [confusion_graph(plans[n]["handle"], plans[n]["truth"], plans[n]["ignore"], nbins[n]) for n in evaluated]
     fulls = dict(zip(evaluated, _compute(graphs, scheduler), strict=True))
 
     # Class lists: the store's, else the caller's, else class_0.. sized by the values seen.
@@ -917,8 +968,10 @@ def evaluate(
             pred_out_of_range=parts["pred_out_of_range"],
         )
         if parts["truth_out_of_range"] or parts["pred_out_of_range"]:
-            notes.append(f"{n}: values outside the {len(cls)} classes excluded (truth "
-                         f"{parts['truth_out_of_range']:,}, prediction {parts['pred_out_of_range']:,})")
+            notes.append(
+                f"{n}: values outside the {len(cls)} classes excluded (truth "
+                f"{parts['truth_out_of_range']:,}, prediction {parts['pred_out_of_range']:,})"
+            )
         images[n] = m
         k = len(cls)
         total_cm[:k, :k] += parts["cm"]
@@ -926,17 +979,25 @@ def evaluate(
         for key in side:
             side[key] += m[key]
     overall = confusion_metrics(total_cm, overall_classes)
-    overall.update(side, images=len(evaluated),
-                   no_prediction_by_class=dict(zip(overall_classes, map(int, no_pred_by_class), strict=True)))
+    overall.update(
+        side,
+        images=len(evaluated),
+        no_prediction_by_class=dict(zip(overall_classes, map(int, no_pred_by_class), strict=True)),
+    )
 
     out = Path(out_dir) if out_dir is not None else _default_out_dir(store)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Any] = {
         "metrics_json": str(out / "metrics.json"),
         "metrics_md": str(out / "metrics.md"),
-        "confusion_matrix_png": str(plot_confusion(
-            total_cm, overall_classes, out / "confusion_matrix.png",
-            title=f"confusion, {len(evaluated)} image{'s' if len(evaluated) != 1 else ''} (row-normalised)")),
+        "confusion_matrix_png": str(
+            plot_confusion(
+                total_cm,
+                overall_classes,
+                out / "confusion_matrix.png",
+                title=f"confusion, {len(evaluated)} image{'s' if len(evaluated) != 1 else ''} (row-normalised)",
+            )
+        ),
         "quicklooks": {},
     }
     if quicklooks:
@@ -945,8 +1006,16 @@ def evaluate(
         with rasterio.Env(GDAL_CACHEMAX=QUICKLOOK_GDAL_CACHE_BYTES):
             for n in names:
                 plan = plans[n]
-                info = write_quicklook(plan["mask"], plan["truth"], plan.get("ignore", set()), plan["source"],
-                                       plan["classes"], out / f"{n}_quicklook.png", n, notes)
+                info = write_quicklook(
+                    plan["mask"],
+                    plan["truth"],
+                    plan.get("ignore", set()),
+                    plan["source"],
+                    plan["classes"],
+                    out / f"{n}_quicklook.png",
+                    n,
+                    notes,
+                )
                 files["quicklooks"][n] = info["path"]
                 if n in images:
                     images[n]["quicklook"] = info
@@ -969,7 +1038,8 @@ def evaluate(
     result["seconds"] = round(time.perf_counter() - t0, 3)
     Path(files["metrics_md"]).write_text(result["table"])
     Path(files["metrics_json"]).write_text(
-        json.dumps(_json_safe({k: v for k, v in result.items() if k != "table"}), indent=2) + "\n")
+        json.dumps(_json_safe({k: v for k, v in result.items() if k != "table"}), indent=2) + "\n"
+    )
     for note in result["warnings"]:
         warnings.warn(note, EvaluationWarning, stacklevel=2)
     return result
@@ -983,16 +1053,21 @@ def evaluate(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `tileseg evaluate`."""
     parser.add_argument("store", help="a .zarr store written by `tileseg segment`")
-    parser.add_argument("--truth", required=True,
-                        help="truth raster, or a directory of rasters named like the images")
-    parser.add_argument("--ignore", type=int, nargs="*", default=None, metavar="V",
-                        help="truth values to leave out (default 255; the truth nodata is always left out)")
-    parser.add_argument("--classes", nargs="+", default=None, metavar="NAME",
-                        help="class names when the store has none")
+    parser.add_argument("--truth", required=True, help="truth raster, or a directory of rasters named like the images")
+    parser.add_argument(
+        "--ignore",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="V",
+        help="truth values to leave out (default 255; the truth nodata is always left out)",
+    )
+    parser.add_argument(
+        "--classes", nargs="+", default=None, metavar="NAME", help="class names when the store has none"
+    )
     parser.add_argument("--out", default=None, metavar="DIR", help="report directory (default <store>_eval)")
     parser.add_argument("--scheduler", choices=["threads", "ray"], default="threads", help="Dask scheduler")
-    parser.add_argument("--no-quicklooks", dest="quicklooks", action="store_false",
-                        help="skip the PNG quicklooks")
+    parser.add_argument("--no-quicklooks", dest="quicklooks", action="store_false", help="skip the PNG quicklooks")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -1000,8 +1075,15 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", EvaluationWarning)  # they are printed in the table below
-            result = evaluate(args.store, args.truth, ignore=args.ignore, classes=args.classes,
-                              out_dir=args.out, scheduler=args.scheduler, quicklooks=args.quicklooks)
+            result = evaluate(
+                args.store,
+                args.truth,
+                ignore=args.ignore,
+                classes=args.classes,
+                out_dir=args.out,
+                scheduler=args.scheduler,
+                quicklooks=args.quicklooks,
+            )
     except EvaluationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -42,9 +42,7 @@ __all__ = [
 ]
 
 #: File name endings (lower case) that `discover` treats as rasters.
-RASTER_EXTENSIONS: frozenset[str] = frozenset(
-    {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".img", ".vrt"}
-)
+RASTER_EXTENSIONS: frozenset[str] = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".img", ".vrt"})
 # Sidecars GDAL reads beside a raster: named so the skip reason says what they are.
 _SIDECARS: dict[str, str] = {
     ".aux.xml": "GDAL metadata sidecar (.aux.xml)",
@@ -341,8 +339,18 @@ def _info_from_dataset(path: str, ds: rasterio.io.DatasetReader) -> ImageInfo:
 
 def _shape_info(path: str, ds: rasterio.io.DatasetReader) -> ImageInfo:
     """The parts of ImageInfo a read needs (no CRS export: that costs more than a small read)."""
-    return ImageInfo(path, int(ds.height), int(ds.width), int(ds.count), str(ds.dtypes[0]), None,
-                     _PIXEL_TRANSFORM, None, str(ds.driver), alpha_band=_alpha_band(ds))
+    return ImageInfo(
+        path,
+        int(ds.height),
+        int(ds.width),
+        int(ds.count),
+        str(ds.dtypes[0]),
+        None,
+        _PIXEL_TRANSFORM,
+        None,
+        str(ds.driver),
+        alpha_band=_alpha_band(ds),
+    )
 
 
 def _cv2_read(path: str, gdal_error: RasterError | None = None) -> np.ndarray:
@@ -366,16 +374,14 @@ def _cv2_read(path: str, gdal_error: RasterError | None = None) -> np.ndarray:
 def _cv2_info(path: str, img: np.ndarray) -> ImageInfo:
     """ImageInfo of an image decoded by OpenCV: no georeferencing, alpha if it has 4 channels."""
     h, w, c = img.shape
-    return ImageInfo(path, h, w, c, str(img.dtype), None, _PIXEL_TRANSFORM, None, "OpenCV",
-                     alpha_band=4 if c == 4 else None)
+    return ImageInfo(
+        path, h, w, c, str(img.dtype), None, _PIXEL_TRANSFORM, None, "OpenCV", alpha_band=4 if c == 4 else None
+    )
 
 
 def _use_opencv(path: str, err: RasterError) -> bool:
     """OpenCV fallback only for existing PNG/JPEG files GDAL refused (not for missing/empty files)."""
-    return (
-        os.path.splitext(path)[1].lower() in _OPENCV_EXTENSIONS
-        and "not a readable raster" in str(err)
-    )
+    return os.path.splitext(path)[1].lower() in _OPENCV_EXTENSIONS and "not a readable raster" in str(err)
 
 
 def open_info(path: str | os.PathLike[str], *, probe: bool = True) -> ImageInfo:
@@ -437,8 +443,13 @@ def _fill_value(fill: float, dtype: np.dtype, path: str) -> Any:
     return np.array(fill).astype(dtype)
 
 
-def _valid_from(ds: rasterio.io.DatasetReader, data: np.ndarray, indexes: Sequence[int],
-                alpha: int | None, win: rasterio.windows.Window) -> np.ndarray:
+def _valid_from(
+    ds: rasterio.io.DatasetReader,
+    data: np.ndarray,
+    indexes: Sequence[int],
+    alpha: int | None,
+    win: rasterio.windows.Window,
+) -> np.ndarray:
     """GDAL validity of a window: a pixel is valid if any selected data band's mask says so.
 
     read_masks honours nodata values, internal/external (.msk) mask bands and alpha bands; a NaN in
@@ -509,8 +520,14 @@ def read_window(
     return out, valid
 
 
-def _cv2_window(path: str, window: tuple[int, int, int, int], bands: Sequence[int] | None,
-                fill: float, fill_invalid: bool, gdal_error: RasterError) -> tuple[np.ndarray, np.ndarray]:
+def _cv2_window(
+    path: str,
+    window: tuple[int, int, int, int],
+    bands: Sequence[int] | None,
+    fill: float,
+    fill_invalid: bool,
+    gdal_error: RasterError,
+) -> tuple[np.ndarray, np.ndarray]:
     """`read_window` for images only OpenCV can decode (whole image decoded, then cropped)."""
     img = _cv2_read(path, gdal_error)
     info = _cv2_info(path, img)
@@ -552,8 +569,7 @@ def read_overview(
             try:
                 data = ds.read(list(sel), out_shape=(len(sel), h, w), resampling=Resampling.nearest)
                 mask_idx = [b for b in sel if b != info.alpha_band] or [1]
-                masks = ds.read_masks(mask_idx, out_shape=(len(mask_idx), h, w),
-                                      resampling=Resampling.nearest)
+                masks = ds.read_masks(mask_idx, out_shape=(len(mask_idx), h, w), resampling=Resampling.nearest)
             except Exception as e:
                 raise RasterError(f"{path}: overview read failed ({_cause(e)})") from None
     except RasterError as err:
@@ -575,8 +591,9 @@ def read_overview(
     return data.transpose(1, 2, 0), valid
 
 
-def normalise(pixels: np.ndarray, mean: Sequence[float] | np.ndarray | float,
-              std: Sequence[float] | np.ndarray | float) -> np.ndarray:
+def normalise(
+    pixels: np.ndarray, mean: Sequence[float] | np.ndarray | float, std: Sequence[float] | np.ndarray | float
+) -> np.ndarray:
     """(pixels - mean) / std per band (last axis), computed in float32 so uint16 input never overflows."""
     x = np.asarray(pixels).astype(np.float32, copy=True)
     m = np.asarray(mean, dtype=np.float32)

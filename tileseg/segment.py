@@ -72,13 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overlap", type=int, default=None, help="overlap between neighbouring tiles (default: tile/4)"
     )
-    parser.add_argument(
-        "--blend", choices=BLENDS, default="gaussian", help="blending window (default gaussian)"
-    )
+    parser.add_argument("--blend", choices=BLENDS, default="gaussian", help="blending window (default gaussian)")
     parser.add_argument("--batch-size", type=int, default=16, help="tiles per model call (default 16)")
-    parser.add_argument(
-        "--bands", default=None, help="1-based input bands, e.g. 3,2,1 (default: the model's bands)"
-    )
+    parser.add_argument("--bands", default=None, help="1-based input bands, e.g. 3,2,1 (default: the model's bands)")
     parser.add_argument("--probabilities", action="store_true", help="also store per-class probabilities")
     parser.add_argument(
         "--probability-dtype",
@@ -86,9 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="float32",
         help="storage of probabilities: float32 (exact, default), float16 or uint8 (p*254; smaller)",
     )
-    parser.add_argument(
-        "--actors", type=int, default=None, help="model actors (default: from the GPUs/CPUs present)"
-    )
+    parser.add_argument("--actors", type=int, default=None, help="model actors (default: from the GPUs/CPUs present)")
     parser.add_argument(
         "--gpus-per-actor",
         type=float,
@@ -102,9 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"block side in pixels, a multiple of --chunk (default {DEFAULT_BLOCK}); "
         "a worker holds one block at a time",
     )
-    parser.add_argument(
-        "--chunk", type=int, default=DEFAULT_CHUNK, help=f"Zarr chunk side (default {DEFAULT_CHUNK})"
-    )
+    parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help=f"Zarr chunk side (default {DEFAULT_CHUNK})")
     parser.add_argument("--resume", action="store_true", help="continue a store: only blocks not yet written")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing store")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first failing image")
@@ -413,9 +405,7 @@ def segment(
                 print(f"warning: {path}: {report.warning}", file=sys.stderr)
             name = store.group_name(path, taken)
             taken.add(name)
-            blocks = plan_blocks(
-                info.height, info.width, tile=tile, overlap=overlap, block=block, chunk=chunk
-            )
+            blocks = plan_blocks(info.height, info.width, tile=tile, overlap=overlap, block=block, chunk=chunk)
             store.create_image_group(
                 out,
                 name,

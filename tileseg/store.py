@@ -143,8 +143,9 @@ def _pixel_centres(transform: Sequence[float], height: int, width: int) -> tuple
     return c + a * cols + b * 0.5, f + d * 0.5 + e * rows
 
 
-def _crs_attrs(wkt: str | None, transform: Sequence[float]) -> tuple[dict[str, Any], dict[str, Any],
-                                                                     dict[str, Any], dict[str, Any]]:
+def _crs_attrs(
+    wkt: str | None, transform: Sequence[float]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(spatial_ref attrs, x attrs, y attrs, group proj:/spatial: attrs) for one image."""
     a, b, c, d, e, f = transform
     geo_transform = " ".join(repr(float(v)) for v in (c, a, b, f, d, e))
@@ -179,18 +180,21 @@ def _crs_attrs(wkt: str | None, transform: Sequence[float]) -> tuple[dict[str, A
     return sref, xattrs, yattrs, proj
 
 
-def _layout(info: ImageInfo, classes: Sequence[str], chunk: int, num_blocks: int,
-            probability_dtype: str | None) -> dict[str, Any]:
+def _layout(
+    info: ImageInfo, classes: Sequence[str], chunk: int, num_blocks: int, probability_dtype: str | None
+) -> dict[str, Any]:
     """The settings that must match for an existing group to be resumed."""
-    return _jsonable({
-        "shape": [info.height, info.width],
-        "chunk": chunk,
-        "classes": list(classes),
-        "num_blocks": num_blocks,
-        "probability_dtype": probability_dtype,
-        "crs": info.crs,
-        "transform": list(info.transform),
-    })
+    return _jsonable(
+        {
+            "shape": [info.height, info.width],
+            "chunk": chunk,
+            "classes": list(classes),
+            "num_blocks": num_blocks,
+            "probability_dtype": probability_dtype,
+            "crs": info.crs,
+            "transform": list(info.transform),
+        }
+    )
 
 
 def _describe_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
@@ -249,12 +253,19 @@ def create_image_group(
     g = root.create_group(name)
     common = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
     g.create_array(
-        "mask", shape=(h, w), chunks=(chunk, chunk),
-        dtype="uint8", fill_value=MASK_NODATA, compressors=_compressor("uint8"),
+        "mask",
+        shape=(h, w),
+        chunks=(chunk, chunk),
+        dtype="uint8",
+        fill_value=MASK_NODATA,
+        compressors=_compressor("uint8"),
         dimension_names=["y", "x"],
         attributes={
-            **common, "long_name": "class mask", "classes": classes,
-            "flag_values": list(range(len(classes))), "flag_meanings": " ".join(_flag(c) for c in classes),
+            **common,
+            "long_name": "class mask",
+            "classes": classes,
+            "flag_values": list(range(len(classes))),
+            "flag_meanings": " ".join(_flag(c) for c in classes),
             "nodata": MASK_NODATA,
         },
     )
@@ -263,22 +274,51 @@ def create_image_group(
         fill: float | int = math.nan
         if probability_dtype == "uint8":
             fill = MASK_NODATA
-            pattrs.update({"scale_factor": 1.0 / _UINT8_SCALE, "add_offset": 0.0, "_FillValue": MASK_NODATA,
-                           "quantisation": f"round(p * {_UINT8_SCALE}); {MASK_NODATA} = nodata"})
+            pattrs.update(
+                {
+                    "scale_factor": 1.0 / _UINT8_SCALE,
+                    "add_offset": 0.0,
+                    "_FillValue": MASK_NODATA,
+                    "quantisation": f"round(p * {_UINT8_SCALE}); {MASK_NODATA} = nodata",
+                }
+            )
         g.create_array(
-            "probability", shape=(len(classes), h, w), chunks=(1, chunk, chunk), dtype=probability_dtype,
-            fill_value=fill, compressors=_compressor(probability_dtype),
-            dimension_names=["class", "y", "x"], attributes=pattrs,
+            "probability",
+            shape=(len(classes), h, w),
+            chunks=(1, chunk, chunk),
+            dtype=probability_dtype,
+            fill_value=fill,
+            compressors=_compressor(probability_dtype),
+            dimension_names=["class", "y", "x"],
+            attributes=pattrs,
         )
     xs, ys = _pixel_centres(info.transform, h, w)
-    g.create_array("x", data=xs, chunks=(w,), fill_value=math.nan, compressors=_compressor("float64"),
-                   dimension_names=["x"], attributes=xattrs)
-    g.create_array("y", data=ys, chunks=(h,), fill_value=math.nan, compressors=_compressor("float64"),
-                   dimension_names=["y"], attributes=yattrs)
-    g.create_array("spatial_ref", data=np.array(0, dtype=np.int64), fill_value=0, compressors=None,
-                   attributes=sref)
     g.create_array(
-        "blocks_done", shape=(num_blocks,), chunks=(1,), dtype="uint8", fill_value=0, compressors=None,
+        "x",
+        data=xs,
+        chunks=(w,),
+        fill_value=math.nan,
+        compressors=_compressor("float64"),
+        dimension_names=["x"],
+        attributes=xattrs,
+    )
+    g.create_array(
+        "y",
+        data=ys,
+        chunks=(h,),
+        fill_value=math.nan,
+        compressors=_compressor("float64"),
+        dimension_names=["y"],
+        attributes=yattrs,
+    )
+    g.create_array("spatial_ref", data=np.array(0, dtype=np.int64), fill_value=0, compressors=None, attributes=sref)
+    g.create_array(
+        "blocks_done",
+        shape=(num_blocks,),
+        chunks=(1,),
+        dtype="uint8",
+        fill_value=0,
+        compressors=None,
         dimension_names=["block"],
         attributes={"long_name": "1 once every pixel of the block is written"},
     )
@@ -333,8 +373,7 @@ def _check_region(name: str, region: Window, shape: tuple[int, int], chunk: int)
         raise StoreError(f"{name}: region {tuple(region)} does not start on a {chunk}-pixel chunk boundary")
     if (h % chunk and r + h != H) or (w % chunk and c + w != W):
         raise StoreError(
-            f"{name}: region {tuple(region)} must be a multiple of the chunk ({chunk}) "
-            "or reach the image edge"
+            f"{name}: region {tuple(region)} must be a multiple of the chunk ({chunk}) or reach the image edge"
         )
 
 
@@ -389,9 +428,7 @@ def write_block(
             raise StoreError(f"{name}: the group stores probabilities; pass them to write_block")
         probability = np.asarray(probability)
         if probability.shape != (n_classes, h, w):
-            raise StoreError(
-                f"{name}: probability shape {probability.shape} does not match ({n_classes}, {h}, {w})"
-            )
+            raise StoreError(f"{name}: probability shape {probability.shape} does not match ({n_classes}, {h}, {w})")
         stored = quantise_probability(probability, prob_dtype)
         nodata = mask == MASK_NODATA
         if nodata.any():  # no probability where the input was nodata: the array's fill (NaN, or 255 for uint8)
@@ -468,8 +505,16 @@ _NAMED_COLOURS: dict[str, tuple[int, int, int, int]] = {
     "tree": (0, 120, 0, 255),
 }
 _PALETTE = [
-    (255, 0, 0), (0, 170, 0), (0, 90, 255), (255, 210, 0), (0, 210, 210), (210, 0, 210),
-    (255, 128, 0), (128, 64, 0), (160, 160, 160), (128, 0, 255),
+    (255, 0, 0),
+    (0, 170, 0),
+    (0, 90, 255),
+    (255, 210, 0),
+    (0, 210, 210),
+    (210, 0, 210),
+    (255, 128, 0),
+    (128, 64, 0),
+    (160, 160, 160),
+    (128, 0, 255),
 ]
 
 
@@ -488,8 +533,7 @@ def class_colours(classes: Sequence[str]) -> dict[int, tuple[int, int, int, int]
     return table
 
 
-def _strips(height: int, width: int, chunk: int,
-            budget: int = 64 << 20) -> Iterable[tuple[int, int, int, int]]:
+def _strips(height: int, width: int, chunk: int, budget: int = 64 << 20) -> Iterable[tuple[int, int, int, int]]:
     """Chunk-aligned (row, col, h, w) windows covering the image, each at most ~`budget` pixels."""
     cols = max(chunk, (budget // max(chunk, 1)) // chunk * chunk)
     for r in range(0, height, chunk):
@@ -531,9 +575,18 @@ def export_cogs(
         partial = out / f".{name}.cog.partial"
         final = out / f"{name}.tif"
         profile = {
-            "driver": "GTiff", "height": h, "width": w, "count": 1, "dtype": "uint8",
-            "nodata": MASK_NODATA, "tiled": True, "blockxsize": 256, "blockysize": 256,
-            "compress": "zstd", "zstd_level": 1, "bigtiff": "if_safer",
+            "driver": "GTiff",
+            "height": h,
+            "width": w,
+            "count": 1,
+            "dtype": "uint8",
+            "nodata": MASK_NODATA,
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "compress": "zstd",
+            "zstd_level": 1,
+            "bigtiff": "if_safer",
             "transform": Affine(*info.transform),
         }
         if info.crs:
@@ -546,12 +599,17 @@ def export_cogs(
                         dst.write(mask[r : r + hh, c : c + ww], 1, window=RioWindow(c, r, ww, hh))
                     dst.write_colormap(1, class_colours(classes))
                     dst.set_band_description(1, "class")
-                    dst.update_tags(classes=json.dumps(classes), source=str(info.path),
-                                    tileseg_version=__version__)
+                    dst.update_tags(classes=json.dumps(classes), source=str(info.path), tileseg_version=__version__)
                     dst.update_tags(1, **{f"class_{i}": cls for i, cls in enumerate(classes)})
                 rasterio.shutil.copy(
-                    tmp, partial, driver="COG", compress="DEFLATE", blocksize=blocksize,
-                    overview_resampling="MODE", bigtiff="IF_SAFER", num_threads="ALL_CPUS",
+                    tmp,
+                    partial,
+                    driver="COG",
+                    compress="DEFLATE",
+                    blocksize=blocksize,
+                    overview_resampling="MODE",
+                    bigtiff="IF_SAFER",
+                    num_threads="ALL_CPUS",
                 )
             os.replace(partial, final)
         finally:

@@ -272,24 +272,37 @@ class Trainer:
         keras.mixed_precision.set_global_policy(plan.get("precision", "float32"))
         with self.strategy.scope():
             self.model = build_model(
-                plan["arch"], num_classes=self.num_classes, bands=len(plan["bands"]),
-                base_filters=int(plan["base_filters"]), depth=int(plan["depth"]),
+                plan["arch"],
+                num_classes=self.num_classes,
+                bands=len(plan["bands"]),
+                base_filters=int(plan["base_filters"]),
+                depth=int(plan["depth"]),
             )
             if plan.get("sync_bn", True) and world > 1:
                 for layer in self.model.layers:
                     if isinstance(layer, keras.layers.BatchNormalization):
                         layer.synchronized = True
             schedule = keras.optimizers.schedules.CosineDecay(
-                float(plan["lr"]) * 0.1, max(1, total - warmup), alpha=0.01,
-                warmup_target=float(plan["lr"]), warmup_steps=warmup,
+                float(plan["lr"]) * 0.1,
+                max(1, total - warmup),
+                alpha=0.01,
+                warmup_target=float(plan["lr"]),
+                warmup_steps=warmup,
             )
             self.optimizer = keras.optimizers.AdamW(schedule, weight_decay=float(plan["weight_decay"]))
             self.optimizer.build(self.model.trainable_variables)
-        self.loss_fn = make_loss(self.num_classes, self.global_batch, dice=bool(plan["dice"]),
-                                 class_weights=plan.get("class_weights"))
+        self.loss_fn = make_loss(
+            self.num_classes, self.global_batch, dice=bool(plan["dice"]), class_weights=plan.get("class_weights")
+        )
         self.sampler = TileSampler(
-            _pairs_from(plan["train_pairs"]), tile=int(plan["tile"]), bands=plan["bands"], mean=plan["mean"],
-            std=plan["std"], num_classes=self.num_classes, seed=int(plan["seed"]), jitter=float(plan["jitter"]),
+            _pairs_from(plan["train_pairs"]),
+            tile=int(plan["tile"]),
+            bands=plan["bands"],
+            mean=plan["mean"],
+            std=plan["std"],
+            num_classes=self.num_classes,
+            seed=int(plan["seed"]),
+            jitter=float(plan["jitter"]),
             pair_weights=plan.get("pair_weights"),
         )
         self._step = tf.function(self._distributed_step, reduce_retracing=True)
@@ -343,8 +356,12 @@ class Trainer:
         batch = max(1, 8 * 256**2 // int(plan["tile"]) ** 2)  # the memory of 8 tiles of 256
         cm = np.zeros((self.num_classes, self.num_classes), dtype=np.float64)
         tiles = validation_tiles(
-            _pairs_from(plan["val_pairs"]), tile=int(plan["tile"]), bands=plan["bands"], mean=plan["mean"],
-            std=plan["std"], num_classes=self.num_classes,
+            _pairs_from(plan["val_pairs"]),
+            tile=int(plan["tile"]),
+            bands=plan["bands"],
+            mean=plan["mean"],
+            std=plan["std"],
+            num_classes=self.num_classes,
         )
         pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
@@ -455,8 +472,13 @@ def train_loop(plan: dict[str, Any]) -> None:
         t0 = time.time()
         loss = trainer.train_epoch(epoch, on_step)
         train_time = time.time() - t0
-        metrics = {"epoch": epoch + 1, "loss": loss, **trainer.validate(), "epoch_time_s": train_time,
-                   "val_time_s": time.time() - t0 - train_time}
+        metrics = {
+            "epoch": epoch + 1,
+            "loss": loss,
+            **trainer.validate(),
+            "epoch_time_s": train_time,
+            "val_time_s": time.time() - t0 - train_time,
+        }
         history.append(metrics)
         if metrics["val_miou"] > best["score"]:
             best = {"score": metrics["val_miou"], "epoch": epoch + 1, "metrics": metrics}
@@ -472,8 +494,11 @@ def train_loop(plan: dict[str, Any]) -> None:
                 _save_arrays(folder / "best_weights.npz", best_weights)
                 state = {"epoch": epoch + 1, "history": history, "best": best, "starts": starts}
                 (folder / "state.json").write_text(json.dumps(state, indent=1))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                                 checkpoint_dir_name=f"checkpoint_epoch{epoch + 1:04d}")
+                ray.train.report(
+                    metrics,
+                    checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                    checkpoint_dir_name=f"checkpoint_epoch{epoch + 1:04d}",
+                )
         else:
             ray.train.report(metrics)
 
@@ -523,14 +548,36 @@ def export(plan: Mapping[str, Any], checkpoint_dir: Path, out: Path, elapsed_s: 
 
     state = json.loads((checkpoint_dir / "state.json").read_text())
     keras.mixed_precision.set_global_policy("float32")  # the artifact is float32 whatever training used
-    model = build_model(plan["arch"], num_classes=len(plan["classes"]), bands=len(plan["bands"]),
-                        base_filters=int(plan["base_filters"]), depth=int(plan["depth"]))
+    model = build_model(
+        plan["arch"],
+        num_classes=len(plan["classes"]),
+        bands=len(plan["bands"]),
+        base_filters=int(plan["base_filters"]),
+        depth=int(plan["depth"]),
+    )
     model.set_weights(_load_arrays(checkpoint_dir / "best_weights.npz"))
     best = state["best"]
     names = plan["classes"]
-    settings = {k: plan[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "steps_per_epoch", "workers",
-                                     "seed", "dice", "class_weights", "source_weights", "jitter", "sync_bn",
-                                     "precision", "tile", "cpus_per_worker")}
+    settings = {
+        k: plan[k]
+        for k in (
+            "epochs",
+            "batch_size",
+            "lr",
+            "weight_decay",
+            "steps_per_epoch",
+            "workers",
+            "seed",
+            "dice",
+            "class_weights",
+            "source_weights",
+            "jitter",
+            "sync_bn",
+            "precision",
+            "tile",
+            "cpus_per_worker",
+        )
+    }
     metadata = {
         "classes": list(names),
         "bands": list(plan["bands"]),
@@ -614,14 +661,24 @@ def train(config: TrainConfig | Mapping[str, Any]) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The training options (shared by `tileseg train` and jobs/train.py)."""
     d = TrainConfig(images=[], out="")
-    parser.add_argument("--images", nargs="+", required=True, metavar="DIR",
-                        help="image dirs, data dirs with images/ and masks/, or data set dirs with train/ and val/ "
-                        "splits of those (pairs match by file stem)")
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        required=True,
+        metavar="DIR",
+        help="image dirs, data dirs with images/ and masks/, or data set dirs with train/ and val/ "
+        "splits of those (pairs match by file stem)",
+    )
     parser.add_argument("--masks", nargs="+", metavar="DIR", help="mask dirs, one per --images dir")
     parser.add_argument("--out", required=True, metavar="MODEL.keras", help="the model artifact to write")
     parser.add_argument("--arch", choices=("attention_unet", "unet"), default=d.arch)
-    parser.add_argument("--classes", nargs="+", default=d.classes, metavar="NAME",
-                        help="class names; mask value i is class i (255 / nodata = ignored)")
+    parser.add_argument(
+        "--classes",
+        nargs="+",
+        default=d.classes,
+        metavar="NAME",
+        help="class names; mask value i is class i (255 / nodata = ignored)",
+    )
     parser.add_argument("--bands", nargs="+", type=int, metavar="B", help="1-based bands (default: all)")
     parser.add_argument("--tile", type=int, default=d.tile, help="training window side in pixels")
     parser.add_argument("--epochs", type=int, default=d.epochs)
@@ -629,27 +686,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (warmup + cosine decay)")
     parser.add_argument("--val-images", nargs="+", metavar="DIR", help="validation image (or data) dirs")
     parser.add_argument("--val-masks", nargs="+", metavar="DIR", help="validation mask dirs")
-    parser.add_argument("--val-fraction", type=float, default=d.val_fraction,
-                        help="fraction of pairs held out when no --val-images is given")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=d.val_fraction,
+        help="fraction of pairs held out when no --val-images is given",
+    )
     parser.add_argument("--workers", type=int, default=d.workers, help="Ray Train workers")
     parser.add_argument("--cpus-per-worker", type=int, default=d.cpus_per_worker)
     parser.add_argument("--gpus-per-worker", type=float, default=d.gpus_per_worker)
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    parser.add_argument("--steps-per-epoch", type=int, default=None,
-                        help="global batches per epoch (default: the training area once over)")
+    parser.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=None,
+        help="global batches per epoch (default: the training area once over)",
+    )
     parser.add_argument("--base-filters", type=int, default=d.base_filters)
     parser.add_argument("--depth", type=int, default=d.depth)
     parser.add_argument("--dice", action="store_true", help="add a soft Dice loss to the cross-entropy")
-    parser.add_argument("--class-weights", nargs="+", type=float, metavar="W",
-                        help="per-class cross-entropy weights")
-    parser.add_argument("--source-weights", nargs="+", type=float, metavar="W",
-                        help="share of samples drawn from each --images dir (default: by area)")
-    parser.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default=d.precision,
-                        help="training precision (the artifact is always float32)")
+    parser.add_argument("--class-weights", nargs="+", type=float, metavar="W", help="per-class cross-entropy weights")
+    parser.add_argument(
+        "--source-weights",
+        nargs="+",
+        type=float,
+        metavar="W",
+        help="share of samples drawn from each --images dir (default: by area)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "mixed_bfloat16"),
+        default=d.precision,
+        help="training precision (the artifact is always float32)",
+    )
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    parser.add_argument("--max-failures", type=int, default=d.max_failures,
-                        help="restarts from the latest checkpoint when a worker dies")
+    parser.add_argument(
+        "--max-failures",
+        type=int,
+        default=d.max_failures,
+        help="restarts from the latest checkpoint when a worker dies",
+    )
     parser.add_argument("--storage-path", metavar="DIR", help="Ray Train storage (default: <out dir>/runs)")
     parser.add_argument("--name", help="Ray Train run name (default: the output file's stem)")
 
