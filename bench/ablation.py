@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from tileseg.predict import configure_tensorflow  # noqa: E402
+from tileseg.model import configure_tensorflow  # noqa: E402
 from tileseg.train import TrainConfig, Trainer, prepare  # noqa: E402
 
 ARCHS = ("unet", "attention_unet")

@@ -157,7 +157,8 @@ def model_only(
     from tileseg import raster, store
 
     t0 = time.perf_counter()
-    from tileseg.predict import TilePredictor, configure_tensorflow, segment_block
+    from tileseg.model import configure_tensorflow
+    from tileseg.predict import TilePredictor, segment_block
 
     configure_tensorflow(threads)
     import tensorflow as tf

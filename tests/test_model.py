@@ -116,11 +116,11 @@ def test_artifact_round_trip(tmp_path, tiny_attention):
     model, loaded = load_model(path)
     x = np.random.default_rng(4).random((2, 64, 64, 4), dtype=np.float32)
     np.testing.assert_array_equal(model.predict(x, verbose=0), tiny_attention.predict(x, verbose=0))
-    assert loaded["classes"] == ["background", "building", "road"]
-    assert loaded["mean"] == [10.0, 20.0, 30.0, 40.0]
-    assert loaded["tile"] == 64
-    assert loaded["training"]["epochs"] == 3
-    assert loaded["params"] == tiny_attention.count_params()
+    assert loaded.classes == ("background", "building", "road")
+    assert loaded.mean == (10.0, 20.0, 30.0, 40.0)
+    assert loaded.tile == 64
+    assert loaded.training["epochs"] == 3
+    assert loaded.params == tiny_attention.count_params()
     assert read_metadata(path) == loaded
 
 
@@ -159,3 +159,48 @@ def test_metadata_lives_inside_the_keras_zip(tmp_path, tiny_attention):
         meta = json.loads(zf.read("tileseg.json"))
     assert "config.json" in names and "model.weights.h5" in names
     assert meta["arch"] == "attention_unet"
+
+
+GOOD = {
+    "classes": ["bg", "fg"],
+    "bands": [1, 2, 3],
+    "mean": [1.0, 2.0, 3.0],
+    "std": [1.0, 1.0, 1.0],
+    "tile": 64,
+    "arch": "unet",
+    "depth": 3,
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"tile": None}, "lacks tile"),
+        ({"classes": "bg,fg"}, "'classes' must be a non-empty list"),
+        ({"classes": [f"c{i}" for i in range(256)]}, "256 classes; at most 255"),
+        ({"bands": [0, 1, 2]}, "'bands' must be an integer >= 1"),
+        ({"mean": [1.0, float("nan"), 3.0]}, "'mean' must hold finite numbers"),
+        ({"std": [1.0, 0.0, 1.0]}, "'std' must be positive"),
+        ({"std": [1.0, 1.0]}, "'std' has 2 values for 3 bands"),
+        ({"tile": 100}, "'tile' 100 is not divisible by 2\\^depth = 8"),
+        ({"tile": "256"}, "'tile' must be an integer"),
+        ({"arch": 3}, "'arch' must be a model name"),
+        ({"training": [1]}, "'training' must be a JSON object"),
+    ],
+)
+def test_metadata_schema_names_the_problem(change, says):
+    from tileseg.artifact import ModelMeta
+
+    d = {**GOOD, **change}
+    d = {k: v for k, v in d.items() if v is not None}
+    with pytest.raises(ArtifactError, match=says):
+        ModelMeta.from_dict(d, where="m.keras")
+
+
+def test_metadata_round_trips_unknown_keys_and_scores():
+    from tileseg.artifact import ModelMeta
+
+    d = {**GOOD, "val_miou": 0.5, "gsd": 0.07, "training": {"epochs": 2}}
+    meta = ModelMeta.from_dict(d)
+    assert meta.scores == {"val_miou": 0.5} and meta.extra == {"gsd": 0.07}
+    assert ModelMeta.from_dict(meta.to_dict()) == meta

@@ -16,8 +16,9 @@ import rasterio
 from rasters import write_tif
 
 from tileseg import raster
+from tileseg.artifact import normalise
 from tileseg.grid import Window
-from tileseg.raster import ImageInfo, RasterError, check_bands, discover, normalise, open_info, read_window
+from tileseg.raster import ImageInfo, RasterError, check_bands, discover, open_info, read_window
 
 RASTERIO_FILES = ["RGB.byte.tif", "RGBA.uint16.tif", "shade.tif", "float_raster_with_nodata.tif"]
 KAMPALA_FILES = ["kampala_z21_image.tif", "kampala_z21_mask.tif"]

@@ -1,33 +1,209 @@
-"""Reading a model artifact's metadata without importing Keras or TensorFlow (drivers stay light)."""
+"""A model artifact's metadata: what the model takes and gives, read without importing Keras.
+
+`ModelMeta` is the one typed description of a model (classes, bands, normalisation, tile size,
+architecture), checked against its schema when read, so every job can trust it. The metadata lives
+beside Keras' own files inside the `.keras` zip.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from tileseg.errors import ArtifactError
+from tileseg.mask import MAX_CLASSES
+
 METADATA_ENTRY = "tileseg.json"  # our metadata, stored beside Keras' own files inside the .keras zip
 ARTIFACT_FORMAT = 1
+ARCHS = ("unet", "attention_unet")
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.keras"
 
+__all__ = [
+    "ARCHS",
+    "ARTIFACT_FORMAT",
+    "DEFAULT_MODEL",
+    "METADATA_ENTRY",
+    "ArtifactError",
+    "ModelMeta",
+    "normalise",
+    "read_metadata",
+    "resolve_model",
+]
 
-class ArtifactError(Exception):
-    """A model artifact that cannot or must not be loaded."""
+
+def normalise(
+    pixels: np.ndarray, mean: Sequence[float] | np.ndarray | float, std: Sequence[float] | np.ndarray | float
+) -> np.ndarray:
+    """(pixels - mean) / std per band (last axis), computed in float32 so uint16 input never overflows."""
+    x = np.asarray(pixels).astype(np.float32, copy=True)
+    m = np.asarray(mean, dtype=np.float32)
+    s = np.asarray(std, dtype=np.float32)
+    if np.any(s == 0):
+        raise ValueError("normalise: std must be non-zero for every band")
+    for name, v in (("mean", m), ("std", s)):
+        if v.ndim and v.shape[-1] != x.shape[-1]:
+            raise ValueError(f"normalise: {name} has {v.shape} values but pixels have {x.shape[-1]} bands")
+    x -= m
+    x /= s
+    return x
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """Read an artifact's metadata without loading (or executing) the model."""
+def _fail(where: str, text: str) -> ArtifactError:
+    return ArtifactError(f"{where}: {text}")
+
+
+def _int(value: Any, key: str, where: str, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        raise _fail(where, f"metadata {key!r} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _numbers(value: Any, key: str, where: str, positive: bool = False) -> tuple[float, ...]:
+    if not isinstance(value, list | tuple) or not value:
+        raise _fail(where, f"metadata {key!r} must be a non-empty list of numbers, got {value!r}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int | float | np.number) or not math.isfinite(float(v)):
+            raise _fail(where, f"metadata {key!r} must hold finite numbers, got {v!r}")
+        if positive and float(v) <= 0:
+            raise _fail(where, f"metadata {key!r} must be positive, got {v!r}")
+        out.append(float(v))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What a tileseg model is: its classes, input bands (1-based), per-band normalisation, native tile
+    size and architecture; `training` and `scores` record where it came from and how it scored."""
+
+    classes: tuple[str, ...]
+    bands: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    tile: int
+    arch: str
+    base_filters: int | None = None
+    depth: int | None = None
+    params: int | None = None
+    training: Mapping[str, Any] = field(default_factory=dict)
+    scores: Mapping[str, float] = field(default_factory=dict)  # the top-level val_* numbers
+    extra: Mapping[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as they are
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "metadata") -> ModelMeta:
+        """Check `d` against the artifact schema (types, ranges, finite numbers, consistent lengths)."""
+        if not isinstance(d, Mapping):
+            raise _fail(where, "metadata must be a JSON object")
+        missing = [k for k in ("classes", "bands", "mean", "std", "tile", "arch") if k not in d]
+        if missing:
+            raise _fail(where, f"metadata lacks {', '.join(missing)}")
+        classes = d["classes"]
+        if not isinstance(classes, list | tuple) or not classes or not all(isinstance(c, str) and c for c in classes):
+            raise _fail(where, f"metadata 'classes' must be a non-empty list of names, got {classes!r}")
+        if len(classes) > MAX_CLASSES:
+            raise _fail(where, f"metadata has {len(classes)} classes; at most {MAX_CLASSES} fit a uint8 mask")
+        if not isinstance(d["bands"], list | tuple) or not d["bands"]:
+            raise _fail(where, f"metadata 'bands' must be a non-empty list of 1-based band numbers, got {d['bands']!r}")
+        bands = tuple(_int(b, "bands", where) for b in d["bands"])
+        mean = _numbers(d["mean"], "mean", where)
+        std = _numbers(d["std"], "std", where, positive=True)
+        for key, values in (("mean", mean), ("std", std)):
+            if len(values) != len(bands):
+                raise _fail(where, f"metadata {key!r} has {len(values)} values for {len(bands)} bands")
+        arch = d["arch"]  # one of ARCHS for models tileseg trains; any Keras model name for imported ones
+        if not isinstance(arch, str) or not arch:
+            raise _fail(where, f"metadata 'arch' must be a model name, got {arch!r}")
+        tile = _int(d["tile"], "tile", where)
+        depth = None if d.get("depth") is None else _int(d["depth"], "depth", where)
+        if depth is not None and tile % 2**depth:
+            raise _fail(where, f"metadata 'tile' {tile} is not divisible by 2^depth = {2**depth}")
+        base = None if d.get("base_filters") is None else _int(d["base_filters"], "base_filters", where)
+        params = None if d.get("params") is None else _int(d["params"], "params", where, low=0)
+        training = d.get("training") or {}
+        if not isinstance(training, Mapping):
+            raise _fail(where, "metadata 'training' must be a JSON object")
+        known = {f.name for f in fields(cls)} | {"format"}
+        scores = {k: v for k, v in d.items() if k.startswith("val_") and isinstance(v, int | float)}
+        extra = {k: v for k, v in d.items() if k not in known and k not in scores}
+        return cls(
+            classes=tuple(classes),
+            bands=bands,
+            mean=mean,
+            std=std,
+            tile=tile,
+            arch=arch,
+            base_filters=base,
+            depth=depth,
+            params=params,
+            training=dict(training),
+            scores=scores,
+            extra=extra,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object stored in the artifact (the layout older tileseg versions read too)."""
+        d: dict[str, Any] = {
+            "classes": list(self.classes),
+            "bands": list(self.bands),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "tile": self.tile,
+            "arch": self.arch,
+        }
+        for key in ("base_filters", "depth", "params"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        d.update(self.scores)
+        d.update(self.extra)
+        d["format"] = ARTIFACT_FORMAT
+        d["training"] = dict(self.training)
+        return d
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def num_bands(self) -> int:
+        return len(self.bands)
+
+    @property
+    def fill(self) -> np.ndarray:
+        """The raw pixel value that normalises to 0: what invalid pixels are replaced with."""
+        return np.asarray(self.mean, np.float32)
+
+    def normalise(self, pixels: np.ndarray) -> np.ndarray:
+        """Raw pixels (..., bands) as the model was trained to see them."""
+        return normalise(pixels, self.mean, self.std)
+
+    @property
+    def trained_on_8bit(self) -> bool:
+        """Whether the normalisation says 8-bit data: every band's mean + 3 std under 1.5 x 255."""
+        return all(m + 3 * s <= 255 * 1.5 for m, s in zip(self.mean, self.std, strict=True))
+
+
+def read_metadata(path: str | Path) -> ModelMeta:
+    """Read and check an artifact's metadata without loading (or executing) the model."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such model file")
+    if path.suffix != ".keras":
+        raise ArtifactError(f"{path}: a model artifact must be a .keras file")
     try:
         with zipfile.ZipFile(path) as zf:
-            return json.loads(zf.read(METADATA_ENTRY))
+            raw = json.loads(zf.read(METADATA_ENTRY))
     except KeyError:
         raise ArtifactError(f"{path}: not a tileseg artifact (no {METADATA_ENTRY} inside)") from None
-    except (zipfile.BadZipFile, OSError, json.JSONDecodeError) as exc:
+    except (zipfile.BadZipFile, OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: not a readable .keras artifact ({exc})") from None
+    return ModelMeta.from_dict(raw, where=str(path))
 
 
 def resolve_model(path: str | Path | None) -> Path:

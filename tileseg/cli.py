@@ -17,7 +17,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     except ArtifactError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    meta = dict(meta)
+    meta = meta.to_dict()
     meta["params"] = int(model.count_params())
     if args.json:
         print(json.dumps(meta, indent=2))

@@ -20,16 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tileseg.artifact import normalise
+from tileseg.errors import DataError, RasterError
 from tileseg.grid import TileGrid, Window
-from tileseg.raster import RasterError, normalise, open_info, read_overview, read_window
-
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-MASK_SUFFIXES = (".tif", ".tiff", ".png")
-IGNORE = 255  # mask value that is never a class: unlabelled pixels, excluded from loss and metrics
-
-
-class DataError(Exception):
-    """Training data that cannot be used: unreadable files, mismatched pairs, no pairs at all."""
+from tileseg.mask import NODATA as IGNORE  # unlabelled pixels: excluded from loss and metrics
+from tileseg.raster import RASTER_EXTENSIONS, open_info, read_overview, read_window
 
 
 @dataclass(frozen=True)
@@ -82,8 +77,8 @@ def find_pairs(images: str | Path, masks: str | Path | None = None, *, strict: b
     for folder in (images, masks):
         if not folder.is_dir():
             raise DataError(f"{folder}: not a directory")
-    image_files = _files(images, IMAGE_SUFFIXES)
-    mask_files = _files(masks, MASK_SUFFIXES)
+    image_files = _files(images, RASTER_EXTENSIONS)
+    mask_files = _files(masks, RASTER_EXTENSIONS)
     orphans = sorted(set(image_files) - set(mask_files))
     if orphans:
         shown = ", ".join(image_files[s].name for s in orphans[:5]) + (" ..." if len(orphans) > 5 else "")

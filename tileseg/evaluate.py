@@ -39,13 +39,18 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from tileseg import store as tstore
+from tileseg.errors import EvaluationError
+from tileseg.jsonio import json_safe
+from tileseg.mask import NODATA
+from tileseg.metrics import class_scores, ratio
+from tileseg.raster import RASTER_EXTENSIONS
 
-PRED_NODATA = 255
+PRED_NODATA = NODATA
 """Value of the prediction mask where no prediction was written."""
-DEFAULT_IGNORE = (255,)
+DEFAULT_IGNORE = (NODATA,)
 """Truth values excluded by default (the truth raster's own nodata value is always excluded too)."""
-RASTER_SUFFIXES = {".tif", ".tiff", ".gtiff", ".vrt", ".img", ".jp2", ".png"}
-"""File suffixes considered truth rasters when `truth` is a directory."""
+RASTER_SUFFIXES = RASTER_EXTENSIONS
+"""File suffixes considered truth rasters when `truth` is a directory (those `segment` reads)."""
 TARGET_BLOCK_PIXELS = 2**21
 """Pixels per Dask task: whole Zarr chunks grouped up to about this many (2 MPix, a few MiB per task)."""
 MAX_LISTED = 20
@@ -59,10 +64,6 @@ _TRUTH_SUFFIX = re.compile(
     r"_(mask|masks|label|labels|truth|gt|ground_truth|groundtruth|annotation|annotations|reference|ref)$"
 )
 _IMAGE_SUFFIX = re.compile(r"_(image|images|img|rgb|ortho|orthophoto|scene)$")
-
-
-class EvaluationError(ValueError):
-    """Truth and prediction cannot be matched or aligned (the message names the files)."""
 
 
 class EvaluationWarning(UserWarning):
@@ -430,15 +431,6 @@ def _compute(graphs: list[Any], scheduler: str) -> list[np.ndarray]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """num / den with NaN where den == 0 (undefined, not zero)."""
-    num = np.asarray(num, dtype=np.float64)
-    den = np.asarray(den, dtype=np.float64)
-    out = np.full(np.broadcast(num, den).shape, np.nan)
-    np.divide(num, den, out=out, where=den > 0)
-    return out
-
-
 def confusion_metrics(cm: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     """Per-class IoU, Dice/F1, precision, recall, support; pixel accuracy, mIoU and mean Dice.
 
@@ -446,32 +438,27 @@ def confusion_metrics(cm: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     classes present in the truth or the prediction (TP + FP + FN > 0).
     """
     cm = np.asarray(cm, dtype=np.int64)
-    tp = np.diag(cm)
-    fp = cm.sum(axis=0) - tp
-    fn = cm.sum(axis=1) - tp
-    iou = _ratio(tp, tp + fp + fn)
-    dice = _ratio(2 * tp, 2 * tp + fp + fn)
-    present = (tp + fp + fn) > 0
+    s = class_scores(cm)
     per_class = {
         name: {
-            "iou": float(iou[i]),
-            "dice": float(dice[i]),
-            "precision": float(_ratio(tp[i], tp[i] + fp[i])),
-            "recall": float(_ratio(tp[i], tp[i] + fn[i])),
-            "support": int(tp[i] + fn[i]),
-            "predicted": int(tp[i] + fp[i]),
-            "tp": int(tp[i]),
-            "fp": int(fp[i]),
-            "fn": int(fn[i]),
+            "iou": float(s.iou[i]),
+            "dice": float(s.dice[i]),
+            "precision": float(s.precision[i]),
+            "recall": float(s.recall[i]),
+            "support": int(s.tp[i] + s.fn[i]),
+            "predicted": int(s.tp[i] + s.fp[i]),
+            "tp": int(s.tp[i]),
+            "fp": int(s.fp[i]),
+            "fn": int(s.fn[i]),
         }
         for i, name in enumerate(classes)
     }
     return {
-        "pixel_accuracy": float(_ratio(tp.sum(), cm.sum())),
-        "mean_iou": float(iou[present].mean()) if present.any() else math.nan,
-        "mean_dice": float(dice[present].mean()) if present.any() else math.nan,
-        "classes_in_mean": [classes[i] for i in np.flatnonzero(present)],
-        "evaluated": int(cm.sum()),
+        "pixel_accuracy": s.pixel_accuracy,
+        "mean_iou": s.mean_iou,
+        "mean_dice": s.mean_dice,
+        "classes_in_mean": [classes[i] for i in np.flatnonzero(s.present)],
+        "evaluated": s.evaluated,
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }
@@ -579,7 +566,7 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path, title: st
 
     cm = np.asarray(cm, dtype=np.int64)
     rows = cm.sum(axis=1, keepdims=True)
-    norm = _ratio(cm, np.broadcast_to(rows, cm.shape))
+    norm = ratio(cm, np.broadcast_to(rows, cm.shape))
     k = len(classes)
     side = max(4.0, 1.1 * k + 2.0)
     fig, ax = plt.subplots(figsize=(side + 1.2, side), dpi=100)
@@ -835,19 +822,6 @@ def _default_out_dir(store: str | Path | zarr.Group) -> Path:
     return path.parent / f"{path.stem}_eval"
 
 
-def _json_safe(value: Any) -> Any:
-    """Replace NaN/inf by None and NumPy scalars by Python ones, recursively, for strict JSON."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def evaluate(
     store: str | Path | zarr.Group,
     truth: str | Path,
@@ -1038,7 +1012,7 @@ def evaluate(
     result["seconds"] = round(time.perf_counter() - t0, 3)
     Path(files["metrics_md"]).write_text(result["table"])
     Path(files["metrics_json"]).write_text(
-        json.dumps(_json_safe({k: v for k, v in result.items() if k != "table"}), indent=2) + "\n"
+        json.dumps(json_safe({k: v for k, v in result.items() if k != "table"}), indent=2) + "\n"
     )
     for note in result["warnings"]:
         warnings.warn(note, EvaluationWarning, stacklevel=2)

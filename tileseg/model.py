@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import zipfile
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from tileseg.artifact import ARTIFACT_FORMAT, METADATA_ENTRY, ArtifactError, read_metadata
+from tileseg.artifact import ARCHS, METADATA_ENTRY, ArtifactError, ModelMeta, read_metadata
+from tileseg.jsonio import json_safe
 
 __all__ = [
     "ARCHS",
@@ -31,6 +33,7 @@ __all__ = [
     "attention_gate",
     "attention_maps",
     "build_model",
+    "configure_tensorflow",
     "conv_block",
     "default_metadata",
     "load_model",
@@ -39,7 +42,26 @@ __all__ = [
     "validate_metadata",
 ]
 
-ARCHS = ("unet", "attention_unet")
+
+def configure_tensorflow(threads: int | None, inter_op: int | None = None) -> None:
+    """Set TF's thread pools before the first op (Ray's OMP_NUM_THREADS does not reach TF), and let GPU
+    memory grow as needed rather than taking it all (GPU actors may share a device).
+
+    `threads` intra-op threads; `inter_op` inter-op threads (default min(2, threads)).
+    """
+    import tensorflow as tf
+
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op or min(2, int(threads)))
+        except RuntimeError:  # already initialised in this process: keep what it has
+            pass
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass
 
 
 # --- blocks ---------------------------------------------------------------------------------------
@@ -141,10 +163,8 @@ def attention_maps(model: keras.Model, x: np.ndarray) -> list[np.ndarray]:
 
 # --- artifact -------------------------------------------------------------------------------------
 
-REQUIRED_METADATA = ("classes", "bands", "mean", "std", "tile", "arch")
 
-
-def default_metadata(model: keras.Model, **overrides: Any) -> dict[str, Any]:
+def default_metadata(model: keras.Model, **overrides: Any) -> ModelMeta:
     """Metadata for an untrained model: identity normalisation and class names `class_<i>`."""
     bands = int(model.input_shape[-1])
     classes = int(model.output_shape[-1])
@@ -158,42 +178,37 @@ def default_metadata(model: keras.Model, **overrides: Any) -> dict[str, Any]:
         "training": {},
     }
     meta.update(overrides)
-    return meta
+    return ModelMeta.from_dict(json_safe(meta))
 
 
-def validate_metadata(model: keras.Model, metadata: Mapping[str, Any], where: str = "metadata") -> None:
-    """Check that metadata describes `model`: required keys, and band/class counts that agree."""
-    missing = [k for k in REQUIRED_METADATA if k not in metadata]
-    if missing:
-        raise ArtifactError(f"{where}: missing keys {missing}")
+def validate_metadata(model: keras.Model, meta: ModelMeta, where: str = "metadata") -> None:
+    """Check that `meta` describes `model`: band and class counts that agree."""
     bands = int(model.input_shape[-1])
     classes = int(model.output_shape[-1])
-    for key, want in (("bands", bands), ("mean", bands), ("std", bands), ("classes", classes)):
-        if len(metadata[key]) != want:
-            raise ArtifactError(f"{where}: {key!r} has {len(metadata[key])} entries, the model needs {want}")
-    if any(float(s) <= 0 for s in metadata["std"]):
-        raise ArtifactError(f"{where}: 'std' must be positive")
+    for key, have, want in (("bands", meta.num_bands, bands), ("classes", meta.num_classes, classes)):
+        if have != want:
+            raise ArtifactError(f"{where}: {key!r} has {have} entries, the model needs {want}")
 
 
-def save_model(model: keras.Model, path: str | Path, metadata: Mapping[str, Any]) -> Path:
+def save_model(model: keras.Model, path: str | Path, metadata: ModelMeta | Mapping[str, Any]) -> Path:
     """Write `model` as a `.keras` file that also carries `metadata` (classes, bands, normalisation, ...)."""
     path = Path(path)
     if path.suffix != ".keras":
         raise ValueError(f"{path}: a model artifact must end in .keras")
-    validate_metadata(model, metadata)
-    meta = dict(metadata)
-    meta["format"] = ARTIFACT_FORMAT
-    meta.setdefault("params", int(model.count_params()))
+    meta = metadata if isinstance(metadata, ModelMeta) else ModelMeta.from_dict(json_safe(dict(metadata)))
+    validate_metadata(model, meta)
+    if meta.params is None:
+        meta = replace(meta, params=int(model.count_params()))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.keras")
     model.save(tmp)
     with zipfile.ZipFile(tmp, "a") as zf:
-        zf.writestr(METADATA_ENTRY, json.dumps(meta, indent=2, default=_json_default))
+        zf.writestr(METADATA_ENTRY, json.dumps(json_safe(meta.to_dict()), indent=2))
     tmp.replace(path)  # atomic: a reader never sees a half-written artifact
     return path
 
 
-def load_model(path: str | Path, *, compile: bool = False) -> tuple[keras.Model, dict[str, Any]]:
+def load_model(path: str | Path, *, compile: bool = False) -> tuple[keras.Model, ModelMeta]:
     """Load an artifact in Keras safe mode; return the model and its metadata.
 
     An artifact that would execute arbitrary code on load (a Lambda layer, a custom class) is refused.
@@ -212,11 +227,3 @@ def load_model(path: str | Path, *, compile: bool = False) -> tuple[keras.Model,
         raise ArtifactError(f"{path}: cannot load model: {text.splitlines()[0] if text else exc!r}") from exc
     validate_metadata(model, metadata, where=str(path))
     return model, metadata
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -16,31 +16,10 @@ from typing import Any
 import numpy as np
 
 from tileseg.grid import Block, Window
-from tileseg.raster import normalise
+from tileseg.mask import NODATA, to_mask
 from tileseg.stitch import predict_block
 
-NODATA = 255
-
-
-def configure_tensorflow(threads: int | None, inter_op: int | None = None) -> None:
-    """Set TF's thread pools before the first op (Ray's OMP_NUM_THREADS does not reach TF), and let GPU
-    memory grow as needed rather than taking it all (GPU actors may share a device).
-
-    `threads` intra-op threads; `inter_op` inter-op threads (default min(2, threads)).
-    """
-    import tensorflow as tf
-
-    if threads:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
-            tf.config.threading.set_inter_op_parallelism_threads(inter_op or min(2, int(threads)))
-        except RuntimeError:  # already initialised in this process: keep what it has
-            pass
-    for gpu in tf.config.list_physical_devices("GPU"):
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:
-            pass
+__all__ = ["NODATA", "BlockPredictor", "TilePredictor", "block_from_row", "segment_block", "to_mask"]
 
 
 class TilePredictor:
@@ -51,23 +30,21 @@ class TilePredictor:
     """
 
     def __init__(self, model_path: str | Path, *, batch_size: int = 16, threads: int | None = None):
+        from tileseg.model import configure_tensorflow, load_model
+
         configure_tensorflow(threads)
         import tensorflow as tf
 
-        from tileseg.model import load_model
-
-        self.model, self.metadata = load_model(model_path)
+        self.model, self.meta = load_model(model_path)
         self.batch_size = int(batch_size)
-        self.mean = np.asarray(self.metadata["mean"], np.float32)
-        self.std = np.asarray(self.metadata["std"], np.float32)
-        self.num_classes = len(self.metadata["classes"])
+        self.num_classes = self.meta.num_classes
         self._run = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         n = len(tiles)
         out = []
         for start in range(0, n, self.batch_size):
-            chunk = normalise(tiles[start : start + self.batch_size], self.mean, self.std)
+            chunk = self.meta.normalise(tiles[start : start + self.batch_size])
             k = len(chunk)
             if k < self.batch_size:
                 pad = np.zeros((self.batch_size - k, *chunk.shape[1:]), np.float32)
@@ -80,25 +57,12 @@ class TilePredictor:
         where a warm-up batch would cost a whole batch of compute)."""
         import tensorflow as tf
 
-        self._run.get_concrete_function(tf.TensorSpec((self.batch_size, tile, tile, len(self.mean)), tf.float32))
+        self._run.get_concrete_function(tf.TensorSpec((self.batch_size, tile, tile, self.meta.num_bands), tf.float32))
 
     @property
     def fill(self) -> np.ndarray:
         """The raw value that normalises to 0: what invalid pixels are replaced with."""
-        return self.mean
-
-
-def to_mask(probs: np.ndarray, valid: np.ndarray | None, rows: int = 512) -> np.ndarray:
-    """Class index per pixel (uint8), NODATA where the input was invalid.
-
-    Done in row strips: a whole-block argmax would make an int64 copy 8x the mask's size.
-    """
-    mask = np.empty(probs.shape[:2], dtype=np.uint8)
-    for r in range(0, probs.shape[0], rows):
-        mask[r : r + rows] = probs[r : r + rows].argmax(axis=-1)
-    if valid is not None:
-        mask[~valid] = NODATA
-    return mask
+        return self.meta.fill
 
 
 def segment_block(

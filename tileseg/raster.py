@@ -26,6 +26,7 @@ import rasterio.windows
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning
 
+from tileseg.errors import RasterError
 from tileseg.grid import Window
 
 __all__ = [
@@ -35,14 +36,15 @@ __all__ = [
     "check_bands",
     "clear_cache",
     "discover",
-    "normalise",
     "open_info",
     "read_overview",
     "read_window",
 ]
 
 #: File name endings (lower case) that `discover` treats as rasters.
-RASTER_EXTENSIONS: frozenset[str] = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".img", ".vrt"})
+RASTER_EXTENSIONS: frozenset[str] = frozenset(
+    {".tif", ".tiff", ".gtiff", ".png", ".jpg", ".jpeg", ".jp2", ".img", ".vrt"}
+)
 # Sidecars GDAL reads beside a raster: named so the skip reason says what they are.
 _SIDECARS: dict[str, str] = {
     ".aux.xml": "GDAL metadata sidecar (.aux.xml)",
@@ -57,10 +59,6 @@ _SIDECARS: dict[str, str] = {
 }
 _OPENCV_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})
 _PIXEL_TRANSFORM = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-
-
-class RasterError(Exception):
-    """A raster could not be found, opened or read; the message names the file and the cause."""
 
 
 @dataclass(frozen=True)
@@ -589,23 +587,6 @@ def read_overview(
     if np.issubdtype(data.dtype, np.floating):
         valid &= ~np.isnan(data).any(axis=0)
     return data.transpose(1, 2, 0), valid
-
-
-def normalise(
-    pixels: np.ndarray, mean: Sequence[float] | np.ndarray | float, std: Sequence[float] | np.ndarray | float
-) -> np.ndarray:
-    """(pixels - mean) / std per band (last axis), computed in float32 so uint16 input never overflows."""
-    x = np.asarray(pixels).astype(np.float32, copy=True)
-    m = np.asarray(mean, dtype=np.float32)
-    s = np.asarray(std, dtype=np.float32)
-    if np.any(s == 0):
-        raise ValueError("normalise: std must be non-zero for every band")
-    for name, v in (("mean", m), ("std", s)):
-        if v.ndim > 1 or (v.ndim == 1 and v.shape[0] not in (1, x.shape[-1])):
-            raise ValueError(f"normalise: {name} has {v.shape} values but pixels have {x.shape[-1]} bands")
-    x -= m
-    x /= s
-    return x
 
 
 def path_stem(path: str | os.PathLike[str]) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from tileseg import raster, store
-from tileseg.artifact import ArtifactError, read_metadata, resolve_model
+from tileseg.artifact import ArtifactError, ModelMeta, read_metadata, resolve_model
 from tileseg.blend import BLENDS
 from tileseg.grid import DEFAULT_BLOCK, DEFAULT_CHUNK, Window, plan_blocks
 from tileseg.ray_session import RaySession
@@ -180,7 +180,7 @@ def pool_size(
 # --- planning -------------------------------------------------------------------------------------
 
 
-def range_warning(dtype: str, meta: Mapping[str, Any]) -> str | None:
+def range_warning(dtype: str, meta: ModelMeta) -> str | None:
     """Why an image's pixel type looks unlike the model's training data, or None.
 
     Judged from the header alone: the model's normalisation says whether it was trained on 8-bit data
@@ -190,8 +190,8 @@ def range_warning(dtype: str, meta: Mapping[str, Any]) -> str | None:
     kind = np.dtype(dtype)
     if kind.kind not in "iu":
         return None  # floats can hold anything: nothing to tell from the header
-    mean, std = np.asarray(meta["mean"], float), np.asarray(meta["std"], float)
-    model_8bit = bool(np.all(mean + 3 * std <= 255 * 1.5))
+    mean = np.asarray(meta.mean, float)
+    model_8bit = meta.trained_on_8bit
     image_8bit = kind.itemsize == 1
     if model_8bit == image_8bit:
         return None
@@ -353,15 +353,15 @@ def segment(
     t0 = time.monotonic()
     model_path = resolve_model(model)
     meta = read_metadata(model_path)
-    tile = int(tile or meta["tile"])
+    tile = int(tile or meta.tile)
     overlap = tile // 4 if overlap is None else int(overlap)
     if not 0 <= overlap < tile:
         raise ValueError(f"--overlap must be in [0, {tile}) for tile {tile}")
     if batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
-    bands = tuple(bands) if bands else tuple(int(b) for b in meta["bands"])
-    if len(bands) != len(meta["bands"]):
-        raise ValueError(f"the model takes {len(meta['bands'])} bands, --bands gives {len(bands)}")
+    bands = tuple(bands) if bands else meta.bands
+    if len(bands) != meta.num_bands:
+        raise ValueError(f"the model takes {meta.num_bands} bands, --bands gives {len(bands)}")
     out = str(Path(out).expanduser().resolve())
     if Path(out).exists() and not (resume or overwrite):
         raise FileExistsError(f"{out} exists: pass --resume to continue it or --overwrite to replace it")
@@ -381,9 +381,9 @@ def segment(
     )
     model_identity = {
         "path": str(model_path),
-        "arch": meta.get("arch"),
-        "classes": meta["classes"],
-        "training": meta.get("training", {}),
+        "arch": meta.arch,
+        "classes": list(meta.classes),
+        "training": dict(meta.training),
     }
     store.create_store(out, {"settings": settings, "model": model_identity})
 
@@ -410,7 +410,7 @@ def segment(
                 out,
                 name,
                 info,
-                classes=meta["classes"],
+                classes=meta.classes,
                 chunk=chunk,
                 num_blocks=len(blocks),
                 probabilities=probabilities,
@@ -426,7 +426,7 @@ def segment(
         # What one block weighs in the object store: its pixels and valid mask in, its mask (and float32
         # probabilities) out. Bounds how far reading may run ahead of the model.
         pixel_bytes = len(bands) * np.dtype(info.dtype).itemsize + 1
-        out_bytes = 1 + (4 * len(meta["classes"]) if probabilities else 0)
+        out_bytes = 1 + (4 * meta.num_classes if probabilities else 0)
         done = store.done_blocks(out, name) if resume else set()
         report.blocks_resumed = len(done)
         for b in blocks:

@@ -34,7 +34,10 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from tileseg import __version__
+from tileseg.errors import StoreError
 from tileseg.grid import Window
+from tileseg.jsonio import json_safe
+from tileseg.mask import MAX_CLASSES, NODATA
 from tileseg.raster import ImageInfo, path_stem
 
 __all__ = [
@@ -58,7 +61,7 @@ __all__ = [
 ]
 
 #: Mask value for pixels that are nodata in the input or not written yet (the array's fill value).
-MASK_NODATA = 255
+MASK_NODATA = NODATA
 #: Allowed probability storage types; uint8 stores round(p * 254) with 255 as nodata.
 PROBABILITY_DTYPES = ("float32", "float16", "uint8")
 _UINT8_SCALE = 254
@@ -75,10 +78,6 @@ _COMPRESSORS = {
 StoreLike = str | os.PathLike[str] | zarr.storage.StoreLike
 
 
-class StoreError(ValueError):
-    """The output store or an image group in it is missing, inconsistent, or misused."""
-
-
 def _compressor(dtype: str) -> BloscCodec:
     return _COMPRESSORS["uint8" if np.dtype(dtype).itemsize == 1 else "other"]
 
@@ -91,18 +90,13 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _jsonable(obj: Any) -> Any:
-    """Round-trip through JSON so attrs hold plain types (tuples -> lists, numpy -> Python)."""
-    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-
-
 # ------------------------------------------------------------------------------------------- store/group
 
 
 def create_store(path: StoreLike, attrs: Mapping[str, Any] | None = None) -> zarr.Group:
     """Create (or reopen, keeping its data) the run's store; root attrs get a `tileseg` record + `attrs`."""
     root = zarr.open_group(_store_arg(path), mode="a", zarr_format=3)
-    new = dict(_jsonable(dict(attrs or {})))
+    new = dict(json_safe(dict(attrs or {})))
     if "tileseg" not in root.attrs:
         new["tileseg"] = {"version": __version__, "created": _now(), "layout": _LAYOUT_VERSION}
     if new:
@@ -164,11 +158,11 @@ def _crs_attrs(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 pcrs = pyproj.CRS.from_wkt(wkt2)
-                sref.update(_jsonable(pcrs.to_cf()))
+                sref.update(json_safe(pcrs.to_cf()))
                 for axis in pcrs.cs_to_cf():
                     target = {"X": xattrs, "Y": yattrs}.get(axis.get("axis"))
                     if target is not None:
-                        target.update(_jsonable(axis))
+                        target.update(json_safe(axis))
         except Exception:  # pyproj missing or CRS not expressible in CF: WKT alone is enough
             pass
         sref.update({"crs_wkt": wkt2, "spatial_ref": wkt})
@@ -184,7 +178,7 @@ def _layout(
     info: ImageInfo, classes: Sequence[str], chunk: int, num_blocks: int, probability_dtype: str | None
 ) -> dict[str, Any]:
     """The settings that must match for an existing group to be resumed."""
-    return _jsonable(
+    return json_safe(
         {
             "shape": [info.height, info.width],
             "chunk": chunk,
@@ -226,8 +220,8 @@ def create_image_group(
     """
     _check_name(name)
     classes = [str(c) for c in classes]
-    if not classes or len(classes) > MASK_NODATA:
-        raise StoreError(f"{name}: need 1..{MASK_NODATA} classes, got {len(classes)}")
+    if not classes or len(classes) > MAX_CLASSES:
+        raise StoreError(f"{name}: need 1..{MAX_CLASSES} classes, got {len(classes)}")
     if chunk < 1 or num_blocks < 1:
         raise StoreError(f"{name}: chunk and num_blocks must be >= 1 (got {chunk}, {num_blocks})")
     if probability_dtype not in PROBABILITY_DTYPES:
@@ -339,10 +333,10 @@ def create_image_group(
         "spatial:transform": [a, b, c, d, e, f],
         "spatial:shape": [h, w],
         "spatial:registration": "pixel",
-        **_jsonable(dict(attrs or {})),
+        **json_safe(dict(attrs or {})),
         "layout": layout,  # written last: its presence marks a fully created group
     }
-    g.attrs.update(_jsonable(group_attrs))
+    g.attrs.update(json_safe(group_attrs))
 
 
 def _flag(name: str) -> str:
@@ -452,7 +446,7 @@ def finish_image(store: StoreLike, name: str, summary: Mapping[str, Any]) -> Non
     if missing.size:
         shown = ", ".join(str(int(i)) for i in missing[:10]) + (" ..." if missing.size > 10 else "")
         raise StoreError(f"{name}: {missing.size} of {flags.size} blocks not written yet ({shown})")
-    g.attrs.update({"complete": True, "finished": _now(), "summary": _jsonable(dict(summary))})
+    g.attrs.update({"complete": True, "finished": _now(), "summary": json_safe(dict(summary))})
 
 
 # -------------------------------------------------------------------------------------------- reading

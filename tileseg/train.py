@@ -44,7 +44,7 @@ from tileseg.data import (
     split_pairs,
     validation_tiles,
 )
-from tileseg.predict import configure_tensorflow
+from tileseg.metrics import class_scores, confusion_matrix
 from tileseg.ray_session import RaySession
 
 DEFAULT_CLASSES = ("background", "building")
@@ -228,24 +228,14 @@ def make_loss(num_classes: int, global_batch: int, *, dice: bool, class_weights:
     return loss_fn
 
 
-def confusion(labels: np.ndarray, weights: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """num_classes x num_classes confusion matrix (rows: truth, columns: prediction) of weighted pixels."""
-    keep = weights > 0
-    idx = labels[keep].astype(np.int64) * num_classes + pred[keep].astype(np.int64)
-    return np.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes).astype(np.float64)
-
-
 def scores(cm: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
-    """Per-class IoU and Dice, and their means, from a confusion matrix."""
-    tp = np.diag(cm)
-    fp = cm.sum(axis=0) - tp
-    fn = cm.sum(axis=1) - tp
-    iou = np.where(tp + fp + fn > 0, tp / np.maximum(tp + fp + fn, 1e-12), np.nan)
-    dice = np.where(tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-12), np.nan)
-    out = {f"val_iou_{name}": float(v) for name, v in zip(classes, iou, strict=True)}
-    out.update({f"val_dice_{name}": float(v) for name, v in zip(classes, dice, strict=True)})
-    out["val_miou"] = float(np.nanmean(iou))
-    out["val_accuracy"] = float(tp.sum() / max(cm.sum(), 1e-12))
+    """Validation scores of a confusion matrix: per-class IoU and Dice, mIoU and accuracy (the numbers
+    `tileseg evaluate` gives for the same matrix)."""
+    s = class_scores(cm)
+    out = {f"val_iou_{name}": float(v) for name, v in zip(classes, s.iou, strict=True)}
+    out.update({f"val_dice_{name}": float(v) for name, v in zip(classes, s.dice, strict=True)})
+    out["val_miou"] = s.mean_iou
+    out["val_accuracy"] = s.pixel_accuracy
     return out
 
 
@@ -369,7 +359,7 @@ class Trainer:
             nonlocal cm
             x, labels, weights = (np.stack(parts) for parts in zip(*pending, strict=True))
             pred = np.argmax(self._infer(x).numpy(), axis=-1)
-            cm += confusion(labels, weights, pred, self.num_classes)
+            cm += confusion_matrix(labels, pred, self.num_classes, keep=weights > 0)
             pending.clear()
 
         for i, item in enumerate(tiles):
@@ -435,6 +425,8 @@ def train_loop(plan: dict[str, Any]) -> None:
     import tensorflow as tf
 
     cpus = max(1, int(plan["cpus_per_worker"]))
+    from tileseg.model import configure_tensorflow
+
     configure_tensorflow(cpus, inter_op=1 if cpus <= 2 else 2)  # the worker's CPU share, before any TF op
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
