@@ -1,28 +1,43 @@
-"""The `tileseg` command: segment, train, evaluate, export and inspect models from one entry point."""
+"""The `tileseg` command: segment, train, evaluate, export and inspect models from one entry point.
+
+Each job module exposes a `COMMAND` (its options dataclass and run function); the parser is generated
+from those, and `jobs/*.py` call `main` too, so every entry point parses the same options the same way.
+tileseg's own errors (TilesegError) are caught here, once, and printed as one line with exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tileseg.errors import TilesegError
+from tileseg.options import Command, add_options, from_args, option
+
+# Job subcommands, each the module that defines its COMMAND (imported when the parser is built).
+JOB_MODULES = ("tileseg.segment", "tileseg.train", "tileseg.evaluate")
 
 
-def cmd_info(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class InfoOptions:
+    model: str = option(help="a .keras artifact written by tileseg", positional=True)
+    json: bool = option(False, help="print the metadata as JSON")
+
+
+def run_info(opts: InfoOptions) -> int:
     """Print a model artifact's metadata and parameter count."""
-    from tileseg.model import ArtifactError, load_model
+    from tileseg.model import load_model
 
-    try:
-        model, meta = load_model(args.model)
-    except ArtifactError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    model, meta = load_model(opts.model)
     meta = meta.to_dict()
     meta["params"] = int(model.count_params())
-    if args.json:
+    if opts.json:
         print(json.dumps(meta, indent=2))
         return 0
-    print(f"model       {args.model}")
+    print(f"model       {opts.model}")
     print(f"arch        {meta['arch']}  ({meta['params']:,} parameters)")
     print(f"classes     {', '.join(meta['classes'])}")
     print(f"bands       {meta['bands']}")
@@ -37,70 +52,90 @@ def cmd_info(args: argparse.Namespace) -> int:
     for key, value in training.items():
         print(f"training.{key:<14} {json.dumps(value) if isinstance(value, dict | list) else value}")
     if long_items:
-        print(f"({', '.join(long_items)}: see `tileseg info {args.model} --json`)")
+        print(f"({', '.join(long_items)}: see `tileseg info {opts.model} --json`)")
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class ExportOptions:
+    store: str = option(help="a .zarr store written by `tileseg segment`", positional=True)
+    cog: str = option(help="directory for one COG per image", metavar="DIR")
+
+
+def run_export(opts: ExportOptions) -> int:
     """Write each image's mask of a store as a Cloud-Optimized GeoTIFF."""
     from tileseg import store
 
     try:
-        paths = store.export_cogs(args.store, args.cog)
-    except (store.StoreError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        paths = store.export_cogs(opts.store, opts.cog)
+    except OSError as exc:
+        raise TilesegError(f"{opts.store}: {exc}") from None
     for path in paths:
         print(path)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tileseg",
-        description="Segment huge georeferenced images with an attention U-Net on Ray.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+INFO = Command("info", "show a model artifact's metadata and parameter count", InfoOptions, run_info)
+EXPORT = Command("export", "export a store's masks as Cloud-Optimized GeoTIFFs", ExportOptions, run_export)
 
-    info = sub.add_parser("info", help="show a model artifact's metadata and parameter count")
-    info.add_argument("model", help="a .keras artifact written by tileseg")
-    info.add_argument("--json", action="store_true", help="print the metadata as JSON")
-    info.set_defaults(func=cmd_info)
 
-    from tileseg import segment
+def commands() -> list[Command]:
+    """Every subcommand, in the order `tileseg --help` lists them."""
+    jobs = [importlib.import_module(name).COMMAND for name in JOB_MODULES]
+    return [INFO, *jobs, EXPORT]
 
-    seg = sub.add_parser(
-        "segment",
-        help="segment images into a georeferenced Zarr store",
-        description=segment.DESCRIPTION,
+
+def add_command(sub: argparse._SubParsersAction, cmd: Command) -> argparse.ArgumentParser:
+    """The subcommand's parser, its options generated from the command's options dataclass."""
+    parser = sub.add_parser(
+        cmd.name,
+        help=cmd.help,
+        description=cmd.description or cmd.help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    segment.add_arguments(seg)
-    seg.set_defaults(func=segment.run_from_args)
+    add_options(parser, cmd.options)
+    parser.set_defaults(command=cmd)
+    return parser
 
-    from tileseg import train
 
-    tr = sub.add_parser("train", help="train a model on image/mask pairs with Ray Train")
-    train.add_arguments(tr)
-    tr.set_defaults(func=train.run_from_args)
-
-    from tileseg import evaluate
-
-    ev = sub.add_parser("evaluate", help="score a store's masks against ground truth (Dask, out of core)")
-    evaluate.add_arguments(ev)
-    ev.set_defaults(func=evaluate.run_from_args)
-
-    ex = sub.add_parser("export", help="export a store's masks as Cloud-Optimized GeoTIFFs")
-    ex.add_argument("store", help="a .zarr store written by `tileseg segment`")
-    ex.add_argument("--cog", required=True, metavar="DIR", help="directory for one COG per image")
-    ex.set_defaults(func=cmd_export)
+def build_parser(prog: str = "tileseg") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Segment huge georeferenced images with an attention U-Net on Ray."
+    )
+    sub = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
+    sub_ = sub
+    for name in ("info", *JOB_MODULES, "export"):
+        if name == "info":
+            add_command(sub_, INFO)
+        elif name == "export":
+            add_command(sub_, EXPORT)
+        else:
+            module = importlib.import_module(name)
+            if hasattr(module, "COMMAND"):
+                add_command(sub_, module.COMMAND)
+            else:  # TRANSITIONAL: a job not yet moved to COMMAND
+                p = sub_.add_parser(name.split(".")[-1], help=(module.__doc__ or "").splitlines()[0])
+                module.add_arguments(p)
+                p.set_defaults(command=None, legacy=module.run_from_args)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    """Run `tileseg COMMAND ...`; tileseg's errors become one line on stderr and exit status 2."""
+    args = build_parser().parse_args(argv)
+    cmd: Command = args.command
+    if cmd is None:  # TRANSITIONAL
+        return int(args.legacy(args) or 0)
+    try:
+        return int(cmd.run(from_args(cmd.options, args)) or 0)
+    except TilesegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def job_main(name: str, argv: Sequence[str] | None = None) -> int:
+    """`jobs/<name>.py ARGS` = `tileseg <name> ARGS`: the Ray Jobs entrypoints share the CLI's parser."""
+    return main([name, *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
