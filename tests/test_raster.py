@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -79,6 +80,76 @@ def test_discover_files_dirs_globs_and_skips(tmp_path: Path) -> None:
     assert skipped == [(str(tmp_path / "nothing*.tif"), "no files match this pattern")]
     paths, _ = discover([str(tmp_path / "**" / "*.jp*"), str(tmp_path / "sub" / "deeper")])
     assert [os.path.basename(p) for p in paths] == ["e.jp2", "i.jpg", "d.JPEG"]  # globs are case-sensitive
+
+
+def _touch(root: Path, *names: str) -> None:
+    """Create small files (and their parent directories) under `root`."""
+    for n in names:
+        (root / n).parent.mkdir(parents=True, exist_ok=True)
+        (root / n).write_bytes(b"x")
+
+
+def _rel(root: Path, paths: list[str]) -> list[str]:
+    return [os.path.relpath(p, root) for p in paths]
+
+
+@pytest.mark.parametrize("pattern", ["**/*.tif", "**", "*/**/*", "a/**/*.tif", "**/a/*.tif"])
+def test_symlink_loop_gives_each_file_once(tmp_path: Path, pattern: str) -> None:
+    _touch(tmp_path, "x.tif", "b.tif", "a/y.tif", "a/c/z.tif")
+    os.symlink("..", tmp_path / "a" / "loop")  # a/loop -> the root: glob.glob's ** went round it ~40 times
+    expected = {
+        "**/*.tif": ["a/c/z.tif", "a/y.tif", "b.tif", "x.tif"],
+        "**": ["a/c/z.tif", "a/y.tif", "b.tif", "x.tif"],
+        "*/**/*": ["a/c/z.tif", "a/y.tif"],
+        "a/**/*.tif": ["a/c/z.tif", "a/y.tif"],
+        "**/a/*.tif": ["a/y.tif"],
+    }[pattern]
+    paths, skipped = discover([str(tmp_path / pattern)])
+    assert _rel(tmp_path, paths) == expected
+    assert [(os.path.relpath(p, tmp_path), "not followed" in r) for p, r in skipped] == [("a/loop", True)]
+    paths, skipped = discover([str(tmp_path), str(tmp_path / "a" / "loop")])  # a link named directly: followed
+    assert _rel(tmp_path, paths) == ["a/c/z.tif", "a/y.tif", "b.tif", "x.tif"]
+    assert _rel(tmp_path, [p for p, _ in skipped]) == ["a/loop"]
+
+
+def test_same_file_by_two_paths_links_and_hard_links_once(tmp_path: Path) -> None:
+    _touch(tmp_path, "d/a.tif", "d/b.tif", "real/r.tif")
+    os.symlink("a.tif", tmp_path / "d" / "a_link.tif")  # file link: after a.tif in sorted order
+    os.symlink("../d/b.tif", tmp_path / "d" / "0_first.tif")  # file link sorted before its target
+    os.link(tmp_path / "d" / "a.tif", tmp_path / "d" / "hard.tif")
+    os.symlink(tmp_path / "real", tmp_path / "alias")  # directory link named as an input
+    inputs = [
+        str(tmp_path / "d"),
+        str(tmp_path / "d" / ".." / "d" / "a.tif"),
+        str(tmp_path / "d" / "*.tif"),
+        str(tmp_path / "real"),
+        str(tmp_path / "alias"),
+        str(tmp_path / "alias" / "r.tif"),
+    ]
+    paths, skipped = discover(inputs)
+    assert _rel(tmp_path, paths) == ["d/0_first.tif", "d/a.tif", "real/r.tif"]  # first path, sorted, wins
+    assert skipped == []
+    assert discover(inputs) == (paths, skipped)  # deterministic: a resumed run sees the same list
+
+
+def test_uris_and_gdal_paths_pass_unchecked(tmp_path: Path) -> None:
+    uris = ["s3://bucket/scene.tif", "/vsis3/bucket/scene.tif", "/vsicurl/https://host/a.tif", "gs://b/x.TIFF"]
+    paths, skipped = discover([*uris, uris[0], "s3://bucket/notes.txt", "/vsis3/bucket/*.tif"])
+    assert paths == uris  # not stat'ed, not made absolute, deduplicated by string, in input order
+    assert skipped == [
+        ("s3://bucket/notes.txt", "not a raster: unknown extension '.txt'"),
+        ("/vsis3/bucket/*.tif", "patterns are not expanded in URIs or GDAL virtual paths"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "pattern", ["*.tif", "**/*.tif", "sub/**/*", "*/*.t?f", "s[uv]b/*", "**/.h*", ".*/*", "sub/*/", "**/deeper"]
+)
+def test_glob_matches_like_glob_glob_without_links(tmp_path: Path, pattern: str) -> None:
+    _touch(tmp_path, "a.tif", "b.txt", ".h.tif", "sub/c.tif", "sub/deeper/d.tif", "sub/.hid/e.tif", ".g/f.tif")
+    (tmp_path / "sub" / "empty").mkdir()
+    expected = sorted(glob.glob(str(tmp_path / pattern), recursive=True))
+    assert raster._glob(str(tmp_path / pattern)) == ([p.rstrip(os.sep) for p in expected], [])
 
 
 # --------------------------------------------------------------------------------------------- open_info
