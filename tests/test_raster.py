@@ -155,6 +155,35 @@ def test_glob_matches_like_glob_glob_without_links(tmp_path: Path, pattern: str)
 # --------------------------------------------------------------------------------------------- open_info
 
 
+def _outcome(result: ImageInfo | Exception) -> ImageInfo | str:
+    """An open_info outcome in a comparable form: the info, or the error's type and message."""
+    return result if isinstance(result, ImageInfo) else f"{type(result).__name__}: {result}"
+
+
+def _open_one(path: str) -> ImageInfo | Exception:
+    try:
+        return open_info(path)
+    except RasterError as e:
+        return e
+
+
+def test_open_infos_keeps_order_and_returns_each_error(tmp_path: Path, data_dir: Path) -> None:
+    bad = sorted(_make_bad_files(tmp_path / "bad", data_dir))
+    good = [tmp_path / f"good{i}.tif" for i in range(12)]
+    for i, path in enumerate(good):
+        write_tif(path, np.full((1, 8 + i, 5 + i), i, np.uint8))
+    paths = [str(p) for i, g in enumerate(good) for p in (g, *([tmp_path / "bad" / bad[i]] if i < len(bad) else []))]
+    paths += [str(tmp_path / "missing.tif"), paths[0]]
+    results = raster.open_infos(paths, workers=4)
+    assert [_outcome(r) for r in results] == [_outcome(_open_one(p)) for p in paths]
+    assert [r.shape for r in results if isinstance(r, ImageInfo)][:3] == [(8, 5), (9, 6), (10, 7)]
+    assert sum(isinstance(r, RasterError) for r in results) == len(bad) + 1
+    assert [_outcome(r) for r in raster.open_infos(paths, workers=1)] == [_outcome(r) for r in results]
+    assert raster.open_infos([]) == []
+    with pytest.raises(ValueError, match="workers"):
+        raster.open_infos(paths, workers=0)
+
+
 @pytest.mark.parametrize("name", RASTERIO_FILES + KAMPALA_FILES)
 def test_open_info_matches_gdal(data_dir: Path, name: str) -> None:
     sub = "rasterio" if name in RASTERIO_FILES else "kampala/scene"

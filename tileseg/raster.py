@@ -16,6 +16,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ __all__ = [
     "discover",
     "normalise",
     "open_info",
+    "open_infos",
     "read_overview",
     "read_window",
 ]
@@ -568,6 +570,29 @@ def open_info(path: str | os.PathLike[str], *, probe: bool = True) -> ImageInfo:
         if _use_opencv(path, err):
             return _cv2_info(path, _cv2_read(path, err))
         raise
+
+
+def open_infos(
+    paths: Sequence[str | os.PathLike[str]], *, workers: int = 8, probe: bool = True
+) -> list[ImageInfo | Exception]:
+    """`open_info` of many paths in a thread pool: per path, in input order, its ImageInfo or exception.
+
+    Header reads wait on storage (a network file system, object storage), not on the CPU, and GDAL
+    releases the GIL, so threads overlap them; one bad file yields its exception and the rest go on.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+
+    def one(path: str | os.PathLike[str]) -> ImageInfo | Exception:
+        try:
+            return open_info(path, probe=probe)
+        except Exception as e:  # returned, not raised: the caller reports each file on its own
+            return e
+
+    if workers == 1 or len(paths) <= 1:
+        return [one(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(workers, len(paths)), thread_name_prefix="open_info") as pool:
+        return list(pool.map(one, paths))
 
 
 def check_bands(info: ImageInfo, bands: Sequence[int] | None) -> tuple[int, ...]:
