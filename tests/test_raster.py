@@ -149,7 +149,9 @@ def test_glob_matches_like_glob_glob_without_links(tmp_path: Path, pattern: str)
     _touch(tmp_path, "a.tif", "b.txt", ".h.tif", "sub/c.tif", "sub/deeper/d.tif", "sub/.hid/e.tif", ".g/f.tif")
     (tmp_path / "sub" / "empty").mkdir()
     expected = sorted(glob.glob(str(tmp_path / pattern), recursive=True))
-    assert raster._glob(str(tmp_path / pattern)) == ([p.rstrip(os.sep) for p in expected], [])
+    matches, links = raster._glob(str(tmp_path / pattern))
+    assert [m for m, _ in matches] == [p.rstrip(os.sep) for p in expected] and links == []
+    assert [is_dir for _, is_dir in matches] == [os.path.isdir(p) for p in expected]
 
 
 # --------------------------------------------------------------------------------------------- open_info

@@ -11,6 +11,7 @@ import fnmatch
 import glob
 import math
 import os
+import re
 import stat
 import threading
 import warnings
@@ -225,29 +226,31 @@ def _below(base: str) -> tuple[list[str], list[str]]:
     return found, links
 
 
-def _match(base: str, part: str, *, last: bool) -> tuple[list[str], list[str]]:
-    """(entries of `base` matching one wildcard component, directory links among the last one's matches).
+def _match(base: str, part: str, *, last: bool) -> tuple[list[str], list[str], list[str]]:
+    """(directories, other entries, directory links) of `base` matching one wildcard component.
 
-    Before the last component only real directories match; a link to a directory is never stepped into.
+    Before the last component only real directories are wanted; a link to a directory is never stepped
+    into. Uses the directory entries' types, so no entry is stat'ed.
     """
     try:
         entries = list(os.scandir(base or os.curdir))
     except OSError:
-        return [], []
+        return [], [], []
+    matches = re.compile(fnmatch.translate(part)).match
     show_hidden = _hidden(part)
-    found, links = [], []
+    dirs, others, links = [], [], []
     for e in entries:
-        if (not show_hidden and _hidden(e.name)) or not fnmatch.fnmatchcase(e.name, part):
+        if (not show_hidden and _hidden(e.name)) or not matches(e.name):
             continue
         if e.is_dir(follow_symlinks=False):
-            found.append(os.path.join(base, e.name))
+            dirs.append(os.path.join(base, e.name))
         elif last:
-            (links if _is_dir_link(e) else found).append(os.path.join(base, e.name))
-    return found, links
+            (links if _is_dir_link(e) else others).append(os.path.join(base, e.name))
+    return dirs, others, links
 
 
-def _glob(pattern: str) -> tuple[list[str], list[str]]:
-    """(sorted matches of a glob pattern, sorted directory links it did not follow).
+def _glob(pattern: str) -> tuple[list[tuple[str, bool]], list[str]]:
+    """(sorted (match, is a directory) of a glob pattern, sorted directory links it did not follow).
 
     Like glob.glob(recursive=True), except that `*`, `?`, `[...]` and `**` only step into real
     directories, so a link loop (`a/loop -> ..`) cannot multiply the matches; literal components are
@@ -255,29 +258,30 @@ def _glob(pattern: str) -> tuple[list[str], list[str]]:
     whose walk then covers everything below it.
     """
     anchor, parts = _split_pattern(pattern)
-    bases, links = [anchor], []
+    dirs, files, links = [anchor], [], []
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
-        nxt: list[str] = []
+        bases, dirs = dirs, []
         for base in bases:
             if part == "**" and last:
-                nxt.append(base or os.curdir)
+                dirs.append(base or os.curdir)
             elif part == "**":
                 found, met = _below(base)
-                nxt.extend(found)
+                dirs.extend(found)
                 links.extend(met)
             elif glob.has_magic(part):
-                found, met = _match(base, part, last=last)
-                nxt.extend(found)
+                found, others, met = _match(base, part, last=last)
+                dirs.extend(found)
+                files.extend(others)
                 links.extend(met)
-            else:
-                path = os.path.join(base, part)
-                if os.path.lexists(path) if last else os.path.isdir(path):
-                    nxt.append(path)
-        bases = nxt
+            elif os.path.isdir(path := os.path.join(base, part)):
+                dirs.append(path)
+            elif last and os.path.lexists(path):
+                files.append(path)
     if pattern.endswith(os.sep):
-        bases = [b for b in bases if os.path.isdir(b)]
-    return sorted(set(bases)), sorted(set(links))
+        files = []
+    matches = {(d, True) for d in dirs} | {(f, False) for f in files}
+    return sorted(matches), sorted(set(links))
 
 
 def _identity(path: str) -> tuple[Any, ...]:
@@ -355,8 +359,8 @@ def discover(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
             matches, links = _glob(item)
             if not matches and not links:
                 skipped.append((item, "no files match this pattern"))
-            for m in matches:
-                if os.path.isdir(m):
+            for m, is_dir in matches:
+                if is_dir:
                     expand(m)
                 else:
                     consider(m)
