@@ -112,6 +112,16 @@ def test_symlink_loop_gives_each_file_once(tmp_path: Path, pattern: str) -> None
     assert _rel(tmp_path, [p for p, _ in skipped]) == ["a/loop"]
 
 
+def test_relative_patterns_give_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _touch(tmp_path, "a.tif", "sub/c.tif", ".h/x.tif")
+    monkeypatch.chdir(tmp_path)
+    for pattern in ["**", "**/*.tif", "*", "./**/*.tif"]:
+        paths, skipped = discover([pattern])
+        want = [p for p in glob.glob(pattern, recursive=True) if not os.path.isdir(p)]
+        assert paths == sorted(want) + (["sub/c.tif"] if pattern == "*" else []) and not skipped, pattern
+    assert discover(["."]) == (["./a.tif", "./sub/c.tif"], [])
+
+
 def test_same_file_by_two_paths_links_and_hard_links_once(tmp_path: Path) -> None:
     _touch(tmp_path, "d/a.tif", "d/b.tif", "real/r.tif")
     os.symlink("a.tif", tmp_path / "d" / "a_link.tif")  # file link: after a.tif in sorted order

@@ -180,18 +180,19 @@ def _walk(directory: str) -> tuple[list[str], list[str]]:
     while stack:
         top = stack.pop()
         try:
-            entries = list(os.scandir(top))
+            entries = list(os.scandir(top or os.curdir))  # "" is the working directory, paths stay relative
         except OSError:
             continue  # unreadable or vanished directory: what it holds cannot be listed
         for e in entries:
             if _hidden(e.name):
                 continue
+            path = os.path.join(top, e.name)
             if e.is_dir(follow_symlinks=False):
-                stack.append(e.path)
+                stack.append(path)
             elif _is_dir_link(e):
-                links.append(e.path)
+                links.append(path)
             else:
-                files.append(e.path)
+                files.append(path)
     return sorted(files), sorted(links)
 
 
@@ -264,7 +265,7 @@ def _glob(pattern: str) -> tuple[list[tuple[str, bool]], list[str]]:
         bases, dirs = dirs, []
         for base in bases:
             if part == "**" and last:
-                dirs.append(base or os.curdir)
+                dirs.append(base)
             elif part == "**":
                 found, met = _below(base)
                 dirs.extend(found)
