@@ -179,8 +179,15 @@ def _open_one(path: str) -> ImageInfo | Exception:
         return e
 
 
-def test_open_infos_keeps_order_and_returns_each_error(tmp_path: Path, data_dir: Path) -> None:
-    bad = sorted(_make_bad_files(tmp_path / "bad", data_dir))
+def test_open_infos_keeps_order_and_returns_each_error(tmp_path: Path) -> None:
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "empty.tif").write_bytes(b"")
+    (tmp_path / "bad" / "text.tif").write_text("this is not an image\n")
+    write_tif(tmp_path / "bad" / "cut.tif", np.ones((1, 64, 64), np.uint8))
+    whole = (tmp_path / "bad" / "cut.tif").read_bytes()
+    (tmp_path / "bad" / "cut.tif").write_bytes(whole[: len(whole) // 2])
+    os.symlink(tmp_path / "bad" / "gone.tif", tmp_path / "bad" / "dangling.tif")
+    bad = ["cut.tif", "dangling.tif", "empty.tif", "text.tif"]
     good = [tmp_path / f"good{i}.tif" for i in range(12)]
     for i, path in enumerate(good):
         write_tif(path, np.full((1, 8 + i, 5 + i), i, np.uint8))
