@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -82,7 +83,125 @@ def test_discover_files_dirs_globs_and_skips(tmp_path: Path) -> None:
     assert [os.path.basename(p) for p in paths] == ["e.jp2", "i.jpg", "d.JPEG"]  # globs are case-sensitive
 
 
+def _touch(root: Path, *names: str) -> None:
+    """Create small files (and their parent directories) under `root`."""
+    for n in names:
+        (root / n).parent.mkdir(parents=True, exist_ok=True)
+        (root / n).write_bytes(b"x")
+
+
+def _rel(root: Path, paths: list[str]) -> list[str]:
+    return [os.path.relpath(p, root) for p in paths]
+
+
+@pytest.mark.parametrize("pattern", ["**/*.tif", "**", "*/**/*", "a/**/*.tif", "**/a/*.tif"])
+def test_symlink_loop_gives_each_file_once(tmp_path: Path, pattern: str) -> None:
+    _touch(tmp_path, "x.tif", "b.tif", "a/y.tif", "a/c/z.tif")
+    os.symlink("..", tmp_path / "a" / "loop")  # a/loop -> the root: glob.glob's ** went round it ~40 times
+    expected = {
+        "**/*.tif": ["a/c/z.tif", "a/y.tif", "b.tif", "x.tif"],
+        "**": ["a/c/z.tif", "a/y.tif", "b.tif", "x.tif"],
+        "*/**/*": ["a/c/z.tif", "a/y.tif"],
+        "a/**/*.tif": ["a/c/z.tif", "a/y.tif"],
+        "**/a/*.tif": ["a/y.tif"],
+    }[pattern]
+    paths, skipped = discover([str(tmp_path / pattern)])
+    assert _rel(tmp_path, paths) == expected
+    assert [(os.path.relpath(p, tmp_path), "not followed" in r) for p, r in skipped] == [("a/loop", True)]
+    paths, skipped = discover([str(tmp_path), str(tmp_path / "a" / "loop")])  # a link named directly: followed
+    assert _rel(tmp_path, paths) == ["a/c/z.tif", "a/y.tif", "b.tif", "x.tif"]
+    assert _rel(tmp_path, [p for p, _ in skipped]) == ["a/loop"]
+
+
+def test_relative_patterns_give_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _touch(tmp_path, "a.tif", "sub/c.tif", ".h/x.tif")
+    monkeypatch.chdir(tmp_path)
+    for pattern in ["**", "**/*.tif", "*", "./**/*.tif"]:
+        paths, skipped = discover([pattern])
+        want = [p for p in glob.glob(pattern, recursive=True) if not os.path.isdir(p)]
+        assert paths == sorted(want) + (["sub/c.tif"] if pattern == "*" else []) and not skipped, pattern
+    assert discover(["."]) == (["./a.tif", "./sub/c.tif"], [])
+
+
+def test_same_file_by_two_paths_links_and_hard_links_once(tmp_path: Path) -> None:
+    _touch(tmp_path, "d/a.tif", "d/b.tif", "real/r.tif")
+    os.symlink("a.tif", tmp_path / "d" / "a_link.tif")  # file link: after a.tif in sorted order
+    os.symlink("../d/b.tif", tmp_path / "d" / "0_first.tif")  # file link sorted before its target
+    os.link(tmp_path / "d" / "a.tif", tmp_path / "d" / "hard.tif")
+    os.symlink(tmp_path / "real", tmp_path / "alias")  # directory link named as an input
+    inputs = [
+        str(tmp_path / "d"),
+        str(tmp_path / "d" / ".." / "d" / "a.tif"),
+        str(tmp_path / "d" / "*.tif"),
+        str(tmp_path / "real"),
+        str(tmp_path / "alias"),
+        str(tmp_path / "alias" / "r.tif"),
+    ]
+    paths, skipped = discover(inputs)
+    assert _rel(tmp_path, paths) == ["d/0_first.tif", "d/a.tif", "real/r.tif"]  # first path, sorted, wins
+    assert skipped == []
+    assert discover(inputs) == (paths, skipped)  # deterministic: a resumed run sees the same list
+
+
+def test_uris_and_gdal_paths_pass_unchecked(tmp_path: Path) -> None:
+    uris = ["s3://bucket/scene.tif", "/vsis3/bucket/scene.tif", "/vsicurl/https://host/a.tif", "gs://b/x.TIFF"]
+    paths, skipped = discover([*uris, uris[0], "s3://bucket/notes.txt", "/vsis3/bucket/*.tif"])
+    assert paths == uris  # not stat'ed, not made absolute, deduplicated by string, in input order
+    assert skipped == [
+        ("s3://bucket/notes.txt", "not a raster: unknown extension '.txt'"),
+        ("/vsis3/bucket/*.tif", "patterns are not expanded in URIs or GDAL virtual paths"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "pattern", ["*.tif", "**/*.tif", "sub/**/*", "*/*.t?f", "s[uv]b/*", "**/.h*", ".*/*", "sub/*/", "**/deeper"]
+)
+def test_glob_matches_like_glob_glob_without_links(tmp_path: Path, pattern: str) -> None:
+    _touch(tmp_path, "a.tif", "b.txt", ".h.tif", "sub/c.tif", "sub/deeper/d.tif", "sub/.hid/e.tif", ".g/f.tif")
+    (tmp_path / "sub" / "empty").mkdir()
+    expected = sorted(glob.glob(str(tmp_path / pattern), recursive=True))
+    matches, links = raster._glob(str(tmp_path / pattern))
+    assert [m for m, _ in matches] == [p.rstrip(os.sep) for p in expected] and links == []
+    assert [is_dir for _, is_dir in matches] == [os.path.isdir(p) for p in expected]
+
+
 # --------------------------------------------------------------------------------------------- open_info
+
+
+def _outcome(result: ImageInfo | Exception) -> ImageInfo | str:
+    """An open_info outcome in a comparable form: the info, or the error's type and message."""
+    return result if isinstance(result, ImageInfo) else f"{type(result).__name__}: {result}"
+
+
+def _open_one(path: str) -> ImageInfo | Exception:
+    try:
+        return open_info(path)
+    except RasterError as e:
+        return e
+
+
+def test_open_infos_keeps_order_and_returns_each_error(tmp_path: Path) -> None:
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "empty.tif").write_bytes(b"")
+    (tmp_path / "bad" / "text.tif").write_text("this is not an image\n")
+    write_tif(tmp_path / "bad" / "cut.tif", np.ones((1, 64, 64), np.uint8))
+    whole = (tmp_path / "bad" / "cut.tif").read_bytes()
+    (tmp_path / "bad" / "cut.tif").write_bytes(whole[: len(whole) // 2])
+    os.symlink(tmp_path / "bad" / "gone.tif", tmp_path / "bad" / "dangling.tif")
+    bad = ["cut.tif", "dangling.tif", "empty.tif", "text.tif"]
+    good = [tmp_path / f"good{i}.tif" for i in range(12)]
+    for i, path in enumerate(good):
+        write_tif(path, np.full((1, 8 + i, 5 + i), i, np.uint8))
+    paths = [str(p) for i, g in enumerate(good) for p in (g, *([tmp_path / "bad" / bad[i]] if i < len(bad) else []))]
+    paths += [str(tmp_path / "missing.tif"), paths[0]]
+    results = raster.open_infos(paths, workers=4)
+    assert [_outcome(r) for r in results] == [_outcome(_open_one(p)) for p in paths]
+    assert [r.shape for r in results if isinstance(r, ImageInfo)][:3] == [(8, 5), (9, 6), (10, 7)]
+    assert sum(isinstance(r, RasterError) for r in results) == len(bad) + 1
+    assert [_outcome(r) for r in raster.open_infos(paths, workers=1)] == [_outcome(r) for r in results]
+    assert raster.open_infos([]) == []
+    with pytest.raises(ValueError, match="workers"):
+        raster.open_infos(paths, workers=0)
 
 
 @pytest.mark.parametrize("name", RASTERIO_FILES + KAMPALA_FILES)

@@ -194,6 +194,85 @@ def test_group_names_are_safe_and_unique(tmp_path: Path) -> None:
             st.create_image_group(store, bad, info, classes=CLASSES, chunk=8, num_blocks=1)
 
 
+def _group_name_before(path: str, taken: set[str]) -> str:
+    """The quadratic naming as it was before `group_names` (commit 0f626e9), kept as the reference."""
+    import unicodedata
+
+    stem = raster.path_stem(os.fspath(path).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1])
+    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode("ascii")
+    safe = "_".join(st._SAFE.findall(ascii_stem)) if ascii_stem else ""
+    safe = safe.lstrip("._-")[:100].rstrip(".") or "image"
+    lowered = {t.lower() for t in taken} | st._RESERVED
+    name, n = safe, 1
+    while name.lower() in lowered:
+        n += 1
+        name = f"{safe}-{n}"
+    taken.add(name)
+    return name
+
+
+TRICKY_PATHS = [
+    *(f"dir{i}/scene.tif" for i in range(5)),  # same stem in different directories
+    "scene-2.tif",  # a name the collisions above already produced
+    "scene-7.tif",
+    "x/scene.tif",  # must skip the scene-7 taken meanwhile
+    "Scene.TIF",
+    "SCENE-3.tif",
+    "scene-3/scene.tif",
+    "a b.tif",
+    "a_b.tif",
+    "a?b.tif",
+    "á b.tif",  # four names that are all a_b once made safe
+    "a_b-2.tif",
+    "zarr.json.tif",
+    "zarr.json",
+    ".zgroup",
+    "zarr.json-2.tif",  # reserved names and what their collisions become
+    "..",
+    ".",
+    "",
+    "東京.tif",
+    "image.tif",
+    "image-2.tif",  # everything that becomes "image"
+    "image-2-2.tif",
+    "image-2/x/image-2.tif",
+    "_a.tif",
+    "a.tif",
+    ".a.tif",  # leading dots/underscores dropped: a, a, a
+    "v" * 120 + ".tif",
+    "v" * 100 + "-2.tif",  # long stems are cut to 100 before the suffix
+    "C:\\win\\scene.tif",
+    "trailing/",
+    "scene-10.tif",
+    *(f"more{i}/scene.tif" for i in range(8)),  # past scene-10, the suffix counts on
+]
+
+
+@pytest.mark.parametrize("start", [(), ("scene", "Scene-4", "a_b-3", "IMAGE-3", "zarr.json-3", "other")])
+def test_group_names_equal_the_old_one_by_one_names(start: tuple[str, ...]) -> None:
+    old_taken, new_taken, one_taken = set(start), set(start), set(start)
+    expected = [_group_name_before(p, old_taken) for p in TRICKY_PATHS]
+    assert st.group_names(TRICKY_PATHS, new_taken) == expected
+    assert [st.group_name(p, one_taken) for p in TRICKY_PATHS] == expected
+    assert new_taken == one_taken == old_taken
+    assert len({n.lower() for n in expected}) == len(expected)
+
+
+def test_group_names_equal_the_old_names_on_random_collisions() -> None:
+    rng = np.random.default_rng(12)
+    stems = ["a", "A", "a-2", "a-3", "b", "a b", "a_b", "zarr.json", "image", "", "..", "a-2-2", "B-2"]
+    for _ in range(20):
+        paths = [f"d{int(rng.integers(9))}/{stems[int(rng.integers(len(stems)))]}.tif" for _ in range(60)]
+        taken = {f"a-{int(k)}" for k in rng.integers(2, 12, size=3)}
+        old_taken = set(taken)
+        assert st.group_names(paths, set(taken)) == [_group_name_before(p, old_taken) for p in paths]
+
+
+def test_group_names_of_many_same_stems() -> None:
+    names = st.group_names([f"d{i}/image.tif" for i in range(20_000)])  # quadratic before: minutes
+    assert names[:3] == ["image", "image-2", "image-3"] and names[-1] == "image-20000"
+
+
 # ------------------------------------------------------------------------------- layout, resume, errors
 
 

@@ -7,14 +7,17 @@ a `RasterError` whose message names the file and the problem, so a batch can rep
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import math
 import os
+import re
 import stat
 import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +40,7 @@ __all__ = [
     "clear_cache",
     "discover",
     "open_info",
+    "open_infos",
     "read_overview",
     "read_window",
 ]
@@ -122,7 +126,9 @@ class ImageInfo:
         )
 
 
-# --------------------------------------------------------------------------------------------- discovery
+# ---------------------------------------------------------------------------------------------- discovery
+
+_DIR_LINK = "symbolic link to a directory: not followed (name it as an input to include it)"
 
 
 def _ending(name: str) -> str:
@@ -146,56 +152,218 @@ def _classify(path: str) -> str | None:
     return f"not a raster: unknown extension {end!r}"
 
 
-def _walk(directory: str) -> list[str]:
-    """Every file below `directory`, sorted by path, skipping hidden entries (.git, .DS_Store ...)."""
-    found = []
-    for root, dirs, files in os.walk(directory):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(os.path.join(root, f) for f in files if not f.startswith("."))
-    return sorted(found)
+def _is_uri(path: str) -> bool:
+    """True for URIs and GDAL virtual paths (s3://..., /vsicurl/...): not on this file system, never stat'ed."""
+    return "://" in path or path.startswith("/vsi")
+
+
+def _hidden(name: str) -> bool:
+    """Dot names (.git, .DS_Store ...) are left out of directory walks and wildcard matches."""
+    return name.startswith(".")
+
+
+def _is_dir_link(entry: os.DirEntry[str]) -> bool:
+    """True if a directory entry is a symbolic link to a directory (one that discovery does not follow)."""
+    return entry.is_symlink() and entry.is_dir()
+
+
+def _walk(directory: str) -> tuple[list[str], list[str]]:
+    """(files, directory links) below `directory`, each sorted; hidden entries skipped, links not followed.
+
+    Directory links are never descended into, so a link loop cannot repeat files; file links are files.
+    """
+    files: list[str] = []
+    links: list[str] = []
+    stack = [directory]
+    while stack:
+        top = stack.pop()
+        try:
+            entries = list(os.scandir(top or os.curdir))  # "" is the working directory, paths stay relative
+        except OSError:
+            continue  # unreadable or vanished directory: what it holds cannot be listed
+        for e in entries:
+            if _hidden(e.name):
+                continue
+            path = os.path.join(top, e.name)
+            if e.is_dir(follow_symlinks=False):
+                stack.append(path)
+            elif _is_dir_link(e):
+                links.append(path)
+            else:
+                files.append(path)
+    return sorted(files), sorted(links)
+
+
+def _split_pattern(pattern: str) -> tuple[str, list[str]]:
+    """(anchor, components) of a glob pattern: '/' or '' and the non-empty parts between separators."""
+    anchor = os.sep if pattern.startswith(os.sep) else ""
+    return anchor, [p for p in pattern.split(os.sep) if p]
+
+
+def _below(base: str) -> tuple[list[str], list[str]]:
+    """(`base` and every directory under it, the directory links met): what a middle `**` matches.
+
+    Hidden names are skipped and links are not followed, as in `_walk`.
+    """
+    found, links = [base], []
+    stack = [base]
+    while stack:
+        top = stack.pop()
+        try:
+            entries = list(os.scandir(top or os.curdir))
+        except OSError:
+            continue
+        for e in entries:
+            if _hidden(e.name):
+                continue
+            path = os.path.join(top, e.name)
+            if e.is_dir(follow_symlinks=False):
+                found.append(path)
+                stack.append(path)
+            elif _is_dir_link(e):
+                links.append(path)
+    return found, links
+
+
+def _match(base: str, part: str, *, last: bool) -> tuple[list[str], list[str], list[str]]:
+    """(directories, other entries, directory links) of `base` matching one wildcard component.
+
+    Before the last component only real directories are wanted; a link to a directory is never stepped
+    into. Uses the directory entries' types, so no entry is stat'ed.
+    """
+    try:
+        entries = list(os.scandir(base or os.curdir))
+    except OSError:
+        return [], [], []
+    matches = re.compile(fnmatch.translate(part)).match
+    show_hidden = _hidden(part)
+    dirs, others, links = [], [], []
+    for e in entries:
+        if (not show_hidden and _hidden(e.name)) or not matches(e.name):
+            continue
+        if e.is_dir(follow_symlinks=False):
+            dirs.append(os.path.join(base, e.name))
+        elif last:
+            (links if _is_dir_link(e) else others).append(os.path.join(base, e.name))
+    return dirs, others, links
+
+
+def _glob(pattern: str) -> tuple[list[tuple[str, bool]], list[str]]:
+    """(sorted (match, is a directory) of a glob pattern, sorted directory links it did not follow).
+
+    Like glob.glob(recursive=True), except that `*`, `?`, `[...]` and `**` only step into real
+    directories, so a link loop (`a/loop -> ..`) cannot multiply the matches; literal components are
+    taken as written (a link named in the pattern is followed). A final `**` yields its base directory,
+    whose walk then covers everything below it.
+    """
+    anchor, parts = _split_pattern(pattern)
+    dirs, files, links = [anchor], [], []
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        bases, dirs = dirs, []
+        for base in bases:
+            if part == "**" and last:
+                dirs.append(base)
+            elif part == "**":
+                found, met = _below(base)
+                dirs.extend(found)
+                links.extend(met)
+            elif glob.has_magic(part):
+                found, others, met = _match(base, part, last=last)
+                dirs.extend(found)
+                files.extend(others)
+                links.extend(met)
+            elif os.path.isdir(path := os.path.join(base, part)):
+                dirs.append(path)
+            elif last and os.path.lexists(path):
+                files.append(path)
+    if pattern.endswith(os.sep):
+        files = []
+    matches = {(d, True) for d in dirs} | {(f, False) for f in files}
+    return sorted(matches), sorted(set(links))
+
+
+def _identity(path: str) -> tuple[Any, ...]:
+    """What makes two inputs the same file: (device, inode) locally, the string itself for URIs.
+
+    Two paths to one file, a file link and its target, and hard links all share an identity; a path that
+    cannot be stat'ed (a dangling link, a vanished file) is identified by its absolute path.
+    """
+    if _is_uri(path):
+        return ("uri", path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ("path", os.path.abspath(path))
+    return ("file", st.st_dev, st.st_ino)
 
 
 def discover(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """Expand files, directories (recursively, sorted) and glob patterns into raster paths.
 
     Returns (paths, skipped): skipped holds (path, reason) for inputs that are clearly not rasters
-    (by extension: text files, sidecars ...) or do not exist. Nothing is opened here; `open_info`
-    reports files that merely look like rasters. Duplicates are dropped, first occurrence kept.
+    (by extension: text files, sidecars ...), do not exist, or are directory links met while walking or
+    matching a pattern (only a link named as an input is followed). Nothing is opened; `open_info`
+    reports files that merely look like rasters. Each file is listed once, under the first path that
+    reaches it (inputs in the order given, each expanded in sorted order), found by its identity:
+    device and inode for local files, so two paths, file links and hard links to it count once; the
+    string for URIs and GDAL virtual paths (/vsis3/..., s3://...), which are passed on unchecked.
     """
     if isinstance(inputs, str | os.PathLike):
         inputs = [os.fspath(inputs)]
     paths: list[str] = []
     skipped: list[tuple[str, str]] = []
-    seen: set[str] = set()
+    seen: set[tuple[Any, ...]] = set()
 
     def consider(p: str) -> None:
-        key = os.path.abspath(p)
+        reason = _classify(p)
+        key = _identity(p) if reason is None else ("path", p if _is_uri(p) else os.path.abspath(p))
         if key in seen:
             return
         seen.add(key)
-        reason = _classify(p)
         if reason is None:
             paths.append(p)
         else:
             skipped.append((p, reason))
 
+    def not_followed(links: list[str]) -> None:
+        for link in links:
+            try:  # the link itself: one link reached by several paths is reported once
+                st = os.lstat(link)
+                key: tuple[Any, ...] = ("link", st.st_dev, st.st_ino)
+            except OSError:
+                key = ("link", os.path.abspath(link))
+            if key not in seen:
+                seen.add(key)
+                skipped.append((link, _DIR_LINK))
+
+    def expand(directory: str) -> None:
+        files, links = _walk(directory)
+        for f in files:
+            consider(f)
+        not_followed(links)
+
     for raw in inputs:
         item = os.fspath(raw)
-        if os.path.isdir(item):
-            for f in _walk(item):
-                consider(f)
+        if _is_uri(item):
+            if glob.has_magic(item):
+                skipped.append((item, "patterns are not expanded in URIs or GDAL virtual paths"))
+            else:
+                consider(item)
+        elif os.path.isdir(item):
+            expand(item)
         elif os.path.lexists(item):
             consider(item)
         elif glob.has_magic(item):
-            matches = sorted(glob.glob(item, recursive=True))
-            if not matches:
+            matches, links = _glob(item)
+            if not matches and not links:
                 skipped.append((item, "no files match this pattern"))
-            for m in matches:
-                if os.path.isdir(m):
-                    for f in _walk(m):
-                        consider(f)
+            for m, is_dir in matches:
+                if is_dir:
+                    expand(m)
                 else:
                     consider(m)
+            not_followed(links)
         else:
             skipped.append((item, "no such file"))
     return paths, skipped
@@ -405,6 +573,29 @@ def open_info(path: str | os.PathLike[str], *, probe: bool = True) -> ImageInfo:
         if _use_opencv(path, err):
             return _cv2_info(path, _cv2_read(path, err))
         raise
+
+
+def open_infos(
+    paths: Sequence[str | os.PathLike[str]], *, workers: int = 8, probe: bool = True
+) -> list[ImageInfo | Exception]:
+    """`open_info` of many paths in a thread pool: per path, in input order, its ImageInfo or exception.
+
+    Header reads wait on storage (a network file system, object storage), not on the CPU, and GDAL
+    releases the GIL, so threads overlap them; one bad file yields its exception and the rest go on.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+
+    def one(path: str | os.PathLike[str]) -> ImageInfo | Exception:
+        try:
+            return open_info(path, probe=probe)
+        except Exception as e:  # returned, not raised: the caller reports each file on its own
+            return e
+
+    if workers == 1 or len(paths) <= 1:
+        return [one(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(workers, len(paths)), thread_name_prefix="open_info") as pool:
+        return list(pool.map(one, paths))
 
 
 def check_bands(info: ImageInfo, bands: Sequence[int] | None) -> tuple[int, ...]:

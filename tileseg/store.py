@@ -52,6 +52,7 @@ __all__ = [
     "finish_image",
     "gdal_path",
     "group_name",
+    "group_names",
     "image_groups",
     "open_mask",
     "quantise_probability",
@@ -104,24 +105,48 @@ def create_store(path: StoreLike, attrs: Mapping[str, Any] | None = None) -> zar
     return root
 
 
+def _safe_stem(path: str | os.PathLike[str]) -> str:
+    """An input's file stem reduced to [A-Za-z0-9._-], at most 100 characters, never empty or dotted."""
+    stem = path_stem(os.fspath(path).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1])
+    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode("ascii")
+    safe = "_".join(_SAFE.findall(ascii_stem)) if ascii_stem else ""
+    return safe.lstrip("._-")[:100].rstrip(".") or "image"
+
+
+def group_names(paths: Iterable[str | os.PathLike[str]], taken: set[str] | None = None) -> list[str]:
+    """Safe, unique group names for many inputs at once, in linear time; each is added to `taken`.
+
+    Gives exactly the names that calling `group_name` on each path in turn gives. Linear because the
+    lower-cased taken names are kept in one set, and each stem remembers the suffix to try next: names
+    are only ever added, so suffixes found taken once stay taken.
+    """
+    taken = set() if taken is None else taken
+    lowered = {t.lower() for t in taken} | _RESERVED
+    next_suffix: dict[str, int] = {}
+    names = []
+    for path in paths:
+        safe = _safe_stem(path)
+        key = safe.lower()
+        n = next_suffix.get(key, 1)
+        name = safe if n == 1 else f"{safe}-{n}"
+        while name.lower() in lowered:
+            n += 1
+            name = f"{safe}-{n}"
+        next_suffix[key] = n + 1
+        lowered.add(name.lower())
+        taken.add(name)
+        names.append(name)
+    return names
+
+
 def group_name(path: str | os.PathLike[str], taken: set[str]) -> str:
-    """A safe, unique group name from an input's file stem, added to `taken`.
+    """A safe, unique group name from an input's file stem, added to `taken` (see `group_names` for many).
 
     Only [A-Za-z0-9._-] survive (accents are folded to ASCII, other characters become '_'); leading dots
     and underscores are dropped, so no name can be empty, '.', '..', hidden or reserved, and none can
     reach outside the store. Collisions (compared case-insensitively) get '-2', '-3', ...
     """
-    stem = path_stem(os.fspath(path).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1])
-    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode("ascii")
-    safe = "_".join(_SAFE.findall(ascii_stem)) if ascii_stem else ""
-    safe = safe.lstrip("._-")[:100].rstrip(".") or "image"
-    lowered = {t.lower() for t in taken} | _RESERVED
-    name, n = safe, 1
-    while name.lower() in lowered:
-        n += 1
-        name = f"{safe}-{n}"
-    taken.add(name)
-    return name
+    return group_names([path], taken)[0]
 
 
 def _check_name(name: str) -> None:
