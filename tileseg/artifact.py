@@ -7,6 +7,7 @@ beside Keras' own files inside the `.keras` zip.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import zipfile
@@ -33,6 +34,7 @@ __all__ = [
     "ArtifactError",
     "ModelMeta",
     "normalise",
+    "model_digest",
     "read_metadata",
     "resolve_model",
 ]
@@ -204,6 +206,15 @@ def read_metadata(path: str | Path) -> ModelMeta:
     except (zipfile.BadZipFile, OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: not a readable .keras artifact ({exc})") from None
     return ModelMeta.from_dict(raw, where=str(path))
+
+
+def model_digest(path: str | Path) -> str:
+    """SHA-256 of the artifact file: the model's identity, whatever its path (a resume must match it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            h.update(piece)
+    return h.hexdigest()
 
 
 def resolve_model(path: str | Path | None) -> Path:

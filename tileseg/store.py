@@ -34,6 +34,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from tileseg import __version__
+from tileseg.contract import RUN_GROUP, plan_difference
 from tileseg.errors import StoreError
 from tileseg.grid import Window
 from tileseg.jsonio import json_safe
@@ -102,6 +103,7 @@ def create_store(path: StoreLike, attrs: Mapping[str, Any] | None = None) -> zar
         new["tileseg"] = {"version": __version__, "created": _now(), "layout": _LAYOUT_VERSION}
     if new:
         root.attrs.update(new)
+    root.require_group(RUN_GROUP)  # run files (lock, summary.json) live here, apart from image groups
     return root
 
 
@@ -235,6 +237,7 @@ def create_image_group(
     probabilities: bool = False,
     probability_dtype: str = "float32",
     attrs: Mapping[str, Any] | None = None,
+    plan: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> None:
     """Create the arrays and georeferencing of one image's group (see module docstring for the layout).
@@ -259,6 +262,12 @@ def create_image_group(
         old = root[name]
         old_layout = old.attrs.get("layout") if isinstance(old, zarr.Group) else None
         if old_layout == layout and not overwrite:
+            old_plan = old.attrs.get("plan")
+            if plan is not None and old_plan is not None and old_plan != json_safe(dict(plan)):
+                raise StoreError(
+                    f"{name}: cannot resume: this image was planned differently before "
+                    f"({plan_difference(old_plan, json_safe(dict(plan)))}); use a new store or --overwrite"
+                )
             return
         if old_layout is not None and not overwrite:
             raise StoreError(
@@ -359,6 +368,7 @@ def create_image_group(
         "spatial:shape": [h, w],
         "spatial:registration": "pixel",
         **json_safe(dict(attrs or {})),
+        **({"plan": json_safe(dict(plan))} if plan is not None else {}),
         "layout": layout,  # written last: its presence marks a fully created group
     }
     g.attrs.update(json_safe(group_attrs))
@@ -483,9 +493,7 @@ def image_groups(store: StoreLike) -> list[str]:
         root = zarr.open_group(_store_arg(store), mode="r", zarr_format=3)
     except FileNotFoundError:
         raise StoreError(f"{store}: no such Zarr store") from None
-    with warnings.catch_warnings():  # the job's summary.json sits at the root: not a Zarr node, and fine
-        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
-        return sorted(k for k, g in root.groups() if "layout" in g.attrs)
+    return sorted(k for k, g in root.groups() if "layout" in g.attrs)
 
 
 def read_georef(store: StoreLike, name: str) -> tuple[str | None, tuple[float, ...]]:
