@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
 
 # Keep TensorFlow quiet in tests. (CUDA_VISIBLE_DEVICES is left alone: Ray's logical GPUs need it unset.)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Any Ray a test starts with a bare `ray.init()` is token-authenticated with a token of this run, held here:
+# without one in the environment Ray 2.60 would read, or create, ~/.ray/auth_token. tileseg's own
+# RaySession ignores this and uses a token of its own.
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("TILESEG_DATA", REPO.parent / "shared" / "data"))
@@ -40,3 +48,17 @@ def tiny_model_path(tmp_path_factory) -> Path:
         training={"note": "random weights, for tests"},
     )
     return save_model(model, tmp_path_factory.mktemp("model") / "tiny.keras", meta)
+
+
+@pytest.fixture
+def ray_env():
+    """A MonkeyPatch for RAY_* variables; afterwards this process's Ray sees the variables as restored.
+
+    (Ray caches its authentication mode and token; a test that changes them must not leave the cache stale.)
+    """
+    from tileseg.ray_session import refresh_ray_auth
+
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+    refresh_ray_auth()

@@ -1,7 +1,9 @@
 """The job on real Ray clusters: `ray job submit` to a local head, a killed worker node, a killed driver.
 
 Each test stops only the Ray processes it started (never `ray stop`, which would stop every Ray on
-the machine).
+the machine), and keeps everything Ray writes in a temp dir of its own, removed afterwards: Ray's default
+temp dir is pointed there too (RAY_TMPDIR), so nothing lands in /tmp/ray, and tokens come from the
+environment, so nothing is read from or written to ~/.ray.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -48,6 +51,8 @@ def _env(tmp: str) -> dict[str, str]:
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=secrets.token_hex(32),
         RAY_USAGE_STATS_ENABLED="0",
+        # Ray's default temp dir ($RAY_TMPDIR/ray, else $TMPDIR/ray, else /tmp/ray): ours.
+        RAY_TMPDIR=tmp,
         TMPDIR=tmp,
     )
     return env
@@ -156,19 +161,27 @@ def test_ray_job_submit_to_a_local_head(small_scene, expected, tiny_model_path, 
         assert "succeeded" in (job.stdout + job.stderr).lower()
     finally:
         _kill_tree(head, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
     np.testing.assert_array_equal(_mask(out, "kampala_crop"), expected)
     assert zarr.open_group(str(out), mode="r")["kampala_crop"].attrs["complete"] is True
 
 
-def test_worker_node_killed_mid_job(small_scene, expected, tiny_model_path, tmp_path):
+def test_worker_node_killed_mid_job(small_scene, expected, tiny_model_path, tmp_path, ray_env):
     """Two worker nodes with logical GPUs; one is removed mid-job; the output equals a clean run."""
     from ray.cluster_utils import Cluster
 
+    from tileseg.ray_session import refresh_ray_auth
     from tileseg.segment import segment
 
     tmp = tempfile.mkdtemp(prefix="tscl-", dir="/tmp")
-    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": tmp, "include_dashboard": False})
+    # Cluster writes its address file to Ray's default temp dir, not to the head's temp_dir: point the
+    # default ($RAY_TMPDIR/ray) at the head's, so nothing lands in /tmp/ray. Token auth, with a token of its own.
+    ray_env.setenv("RAY_TMPDIR", tmp)
+    ray_env.setenv("RAY_AUTH_MODE", "token")
+    ray_env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    refresh_ray_auth()
+    head_args = {"num_cpus": 1, "temp_dir": os.path.join(tmp, "ray"), "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args=head_args)
     doomed = cluster.add_node(num_cpus=1, num_gpus=1)
     cluster.add_node(num_cpus=1, num_gpus=1)
     cluster.wait_for_nodes()
@@ -204,6 +217,7 @@ def test_worker_node_killed_mid_job(small_scene, expected, tiny_model_path, tmp_
         ray.shutdown()
         cluster.shutdown()
         _kill_tree(None, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
     assert done_at_kill and done_at_kill[0] < 6, "the node must die while blocks are still to do"
     assert summary["ok"], summary["images"]
     report = summary["images"][0]
@@ -238,11 +252,38 @@ def test_driver_killed_then_resumed(small_scene, expected, tiny_model_path, tmp_
     done_before = store.done_blocks(str(out), "kampala_crop")
     assert 2 <= len(done_before) < 6
 
-    resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=420)
-    _kill_tree(None, tmp)
+    try:
+        resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=420)
+    finally:
+        _kill_tree(None, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     report = summary["images"][0]
     assert report["blocks_resumed"] == len(done_before)
     assert report["blocks_run"] == 6 - len(done_before)
     np.testing.assert_array_equal(_mask(out, "kampala_crop"), expected)
+
+
+def test_cluster_config_is_valid_and_closed():
+    """ray_cluster.yaml passes Ray's cluster-launcher schema; dashboard on loopback; token auth on every node."""
+    import jsonschema
+    import ray.autoscaler
+    import yaml
+
+    config = yaml.safe_load((REPO / "ray_cluster.yaml").read_text())
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(config, schema)
+    assert config["head_node_type"] in config["available_node_types"]
+
+    starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    ray_starts = [c for c in starts if "ray start" in c]
+    assert len(ray_starts) == 2
+    assert all(c.startswith("RAY_AUTH_MODE=token ") for c in ray_starts), ray_starts
+    (head_start,) = [c for c in config["head_start_ray_commands"] if "--head" in c]
+    assert "--dashboard-host=127.0.0.1" in head_start
+    everything = yaml.safe_dump(config)
+    assert "0.0.0.0" not in everything and "dashboard-host=::" not in everything
+    # The token reaches every node where Ray reads it, and only its owner can read it there.
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert any("chmod 600 ~/.ray/auth_token" in c for c in config["setup_commands"])

@@ -1,10 +1,16 @@
-"""RaySession: the embedded Ray's workers get the job's environment (and a temp dir that dies with it)."""
+"""RaySession: the embedded Ray's workers get the job's environment (and a temp dir that dies with it);
+the embedded Ray listens on loopback only and admits no one without the session's own token."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
+import psutil
 import pytest
 
 from tileseg.ray_session import RaySession
@@ -45,3 +51,72 @@ def test_embedded_workers_inherit_worker_env(monkeypatch):
             assert ray.get(worker_env.options(runtime_env={"env_vars": {"TILESEG_PROBE": "7"}}).remote())[0] == "7"
         assert ray.is_initialized()  # the inner session leaves the outer one's Ray alone
     assert not ray.is_initialized() and not os.path.exists(temp_dir) and not os.path.exists(left)
+
+
+# Another process on this machine tries to join the running Ray as a driver and run code in it.
+INTRUDER = """
+import os, sys, ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+@ray.remote(num_cpus=0)
+def inside():
+    return os.getpid()
+print("RAN", ray.get(inside.remote(), timeout=60), flush=True)
+"""
+
+
+def _is_loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    return addr.is_loopback or (addr.version == 6 and addr.ipv4_mapped is not None and addr.ipv4_mapped.is_loopback)
+
+
+def _intrude(gcs_address: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", INTRUDER, gcs_address], env=env, capture_output=True, text=True, timeout=240
+    )
+
+
+def test_embedded_ray_needs_the_session_token_and_listens_on_loopback(ray_env, tmp_path):
+    """With RAY_AUTH_MODE=disabled in the caller's and the intruder's environment, a process without the
+    session's token cannot join; with it, it can (so the refusal is the token's doing). Every port the
+    embedded Ray opens is on loopback; the token is in no file; the caller's variables come back on exit."""
+    import ray
+
+    if ray.is_initialized():
+        pytest.skip("needs to start its own Ray")
+    home = tmp_path / "home"
+    home.mkdir()
+    ray_env.setenv("HOME", str(home))  # where Ray would put ~/.ray/auth_token
+    ray_env.setenv("RAY_AUTH_MODE", "disabled")
+    ray_env.delenv("RAY_AUTH_TOKEN", raising=False)
+    ray_env.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+
+    with RaySession(num_cpus=1) as session:
+        gcs = ray.get_runtime_context().gcs_address
+        intruder_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")}
+        intruder_env |= {"RAY_AUTH_MODE": "disabled", "HOME": str(home), "TMPDIR": str(tmp_path)}
+        refused = _intrude(gcs, intruder_env)
+        assert "RAN" not in refused.stdout, "a process without the token ran code inside the embedded Ray"
+        assert refused.returncode != 0
+        assert "token" in refused.stderr.lower(), refused.stderr[-2000:]  # refused for want of the token
+
+        token = os.environ.get("RAY_AUTH_TOKEN", "")
+        assert os.environ["RAY_AUTH_MODE"] == "token" and len(token) >= 32
+        admitted = _intrude(gcs, intruder_env | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+        assert admitted.returncode == 0 and "RAN" in admitted.stdout, admitted.stderr[-2000:]
+
+        host, port = gcs.rsplit(":", 1)
+        assert host == "127.0.0.1", gcs
+        me = psutil.Process()
+        ours = {p.pid for p in (me, *me.children(recursive=True))}
+        listening = [c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.pid in ours]
+        assert int(port) in {c.laddr.port for c in listening}  # the GCS itself is among what was checked
+        exposed = sorted({f"{c.laddr.ip}:{c.laddr.port}" for c in listening if not _is_loopback(c.laddr.ip)})
+        assert not exposed, f"embedded Ray listens beyond loopback: {exposed}"
+
+        # The token is in no file Ray wrote (logs included) and not in ~/.ray.
+        holding = [
+            str(p) for p in Path(session.temp_dir).rglob("*") if p.is_file() and token.encode() in p.read_bytes()
+        ]
+        assert not holding, holding
+        assert not (home / ".ray").exists()
+    assert os.environ["RAY_AUTH_MODE"] == "disabled" and "RAY_AUTH_TOKEN" not in os.environ

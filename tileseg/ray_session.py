@@ -1,23 +1,61 @@
-"""Ray for tileseg's jobs: the cluster named by RAY_ADDRESS, or an embedded one on this machine."""
+"""Ray for tileseg's jobs: the cluster named by RAY_ADDRESS, or an embedded one on this machine.
+
+This is the one way any tileseg job (segment, train, evaluate's `--scheduler ray`) starts or joins Ray.
+"""
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
 import secrets
 import shutil
 import tempfile
 
+# The variables an embedded session sets (or removes) for as long as it runs, whatever the caller's
+# environment says, and restores on exit:
+# - RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (the session's own token); RAY_AUTH_TOKEN_PATH removed;
+# - RAY_TMPDIR: Ray's default temp dir (address files, locks) inside the session dir, never /tmp/ray;
+# - RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: Ray's own single-node switch (its default on macOS and Windows).
+#   With it, Ray keeps 127.0.0.1 as the node address instead of replacing it with the host's, and every
+#   server it starts (GCS, raylet, workers, agents, metrics) binds to loopback.
+_SESSION_VARS = (
+    "RAY_AUTH_MODE",
+    "RAY_AUTH_TOKEN",
+    "RAY_AUTH_TOKEN_PATH",
+    "RAY_TMPDIR",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
+)
+
+
+def refresh_ray_auth() -> None:
+    """Make this process's Ray (its cached config and token) see the authentication variables as they are now."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
 
 class RaySession:
-    """Connect to the cluster named by `address`/RAY_ADDRESS, or start an embedded Ray on 127.0.0.1.
+    """Connect to the cluster named by `address`/RAY_ADDRESS, or start an embedded Ray on this machine.
 
-    The embedded Ray keeps every file it writes (sessions, logs) in a temp dir of its own that is
-    removed on exit, keeps its auth token in the environment rather than ~/.ray, and starts no dashboard.
+    The embedded Ray:
+    - always requires a token (RAY_AUTH_MODE=token), even when the caller's environment says
+      RAY_AUTH_MODE=disabled: a fresh random token made for this session, held only in this process's
+      environment (inherited by the Ray processes it starts), never in ~/.ray or a file or a log; the
+      caller's RAY_AUTH_* variables are restored on exit;
+    - keeps every file it or its workers write (sessions, logs, sockets, temp files) in a temp dir of its
+      own that is removed on exit; nothing goes to /tmp/ray or ~/.ray;
+    - listens on 127.0.0.1 only (GCS, raylet, workers, agents, metrics), and starts no dashboard, so no
+      Jobs API. Loopback keeps other hosts out; the token keeps out other processes on this machine.
 
-    `worker_env` holds defaults for the workers' environment (a variable already set here wins). An
-    embedded Ray's workers inherit it from the raylet, so tasks need no runtime_env of their own and can
-    run on the workers Ray starts ahead of time; on any other Ray, pass `runtime_env` to tasks and actors.
+    If Ray is already initialised in this process (a notebook's, a test's), the session uses it as it is
+    and leaves it running on exit.
+
+    `num_cpus` caps the CPUs the embedded Ray offers (default: all). `worker_env` holds defaults for the
+    workers' environment (a variable already set here wins). An embedded Ray's workers inherit it from the
+    raylet, so tasks need no runtime_env of their own and can run on the workers Ray starts ahead of time;
+    on any other Ray, pass `runtime_env` to tasks and actors. Dask-on-Ray needs nothing more:
+    `with RaySession(num_cpus=n): dask.compute(..., scheduler=ray.util.dask.ray_dask_get)`.
     """
 
     def __init__(
@@ -31,6 +69,12 @@ class RaySession:
         self.runtime_env: dict | None = {"env_vars": self.worker_env} if self.worker_env else None
         self.temp_dir: str | None = None
         self.started = False
+        self._caller_env: dict[str, str | None] | None = None
+
+    @property
+    def embedded(self) -> bool:
+        """True when this session started (and will stop) an embedded Ray."""
+        return self.temp_dir is not None
 
     def __enter__(self) -> RaySession:
         import ray
@@ -38,50 +82,98 @@ class RaySession:
         if ray.is_initialized():
             return self
         if self.address:
+            refresh_ray_auth()  # the caller's RAY_AUTH_* as they are now, not as they were at import
             ray.init(address=self.address, logging_level="WARNING", log_to_driver=True)
-        else:
-            self.temp_dir = tempfile.mkdtemp(prefix="tileseg-ray-")
-            if not any(k in os.environ for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
-                # Token auth stays on, with a token that lives in this process tree only (not ~/.ray).
-                os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-                # Ray then enables token mode itself; its notice about that is not for our users.
-                logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            self.runtime_env = None
-            # Workers' temp files (the actor's copy of the model, anything a library writes) go in the session
-            # dir and are removed with it, even when a worker is killed before it cleans up.
-            env = {**self.worker_env, "TMPDIR": self.temp_dir}
-            tempfile.gettempdir()  # the driver keeps its own temp dir: fix it before TMPDIR changes
-            saved = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)  # the raylet starts now and passes it on to every worker
-            try:
+            self.started = True
+            return self
+        self._start_embedded()
+        return self
+
+    def _start_embedded(self) -> None:
+        import ray
+
+        self.temp_dir = tempfile.mkdtemp(prefix="tileseg-ray-")
+        tempfile.gettempdir()  # the driver keeps its own temp dir: fix it before TMPDIR changes
+        # For the whole session (see _SESSION_VARS): a token of its own, Ray's default temp dir inside the
+        # session dir, loopback only. The Ray processes started here inherit them.
+        session_env = {
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": secrets.token_hex(32),
+            "RAY_TMPDIR": self.temp_dir,
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        }
+        self._caller_env = {k: os.environ.get(k) for k in _SESSION_VARS}
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+        os.environ.update(session_env)
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        self.runtime_env = None
+        # Only while Ray starts (the raylet passes it on to every worker): the worker defaults, and TMPDIR so
+        # that workers' temp files (the actor's copy of the model, anything a library writes) land in the
+        # session dir and are removed with it, even when a worker is killed before it cleans up.
+        start_env = {**self.worker_env, "TMPDIR": self.temp_dir}
+        saved = {k: os.environ.get(k) for k in start_env}
+        os.environ.update(start_env)
+        try:
+            refresh_ray_auth()
+            with _single_node():
                 ray.init(
                     num_cpus=self.num_cpus,
                     include_dashboard=False,
                     # Workers' own chatter (TensorFlow start-up lines) stays in the session logs; failures
                     # reach the user through the job's summary. TILESEG_RAY_LOGS=1 shows everything.
                     log_to_driver=os.environ.get("TILESEG_RAY_LOGS", "") not in ("", "0"),
+                    # Bound to, advertised and connected to: loopback (kept so by _single_node).
                     _node_ip_address="127.0.0.1",
                     _temp_dir=self.temp_dir,
                     logging_level="WARNING",
                     configure_logging=True,
                 )
-            except BaseException:
-                shutil.rmtree(self.temp_dir, ignore_errors=True)
-                raise
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
+        except BaseException:
+            _restore(saved)
+            self._stop_embedded()
+            raise
+        _restore(saved)
         self.started = True
-        return self
+
+    def _stop_embedded(self) -> None:
+        if self._caller_env is not None:
+            _restore(self._caller_env)
+            self._caller_env = None
+            refresh_ray_auth()
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def __exit__(self, *exc: object) -> None:
         import ray
 
         if self.started:
             ray.shutdown()
-        if self.temp_dir:
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            self.started = False
+        if self.embedded:
+            self._stop_embedded()
+
+
+def _restore(saved: dict[str, str | None]) -> None:
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _single_node():
+    """While Ray starts here: keep the node address 127.0.0.1 (Ray's single-node mode, as on macOS/Windows).
+
+    On Linux `ray.init` replaces a loopback `_node_ip_address` with the host's address, and its servers
+    then listen on every interface. Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, at import; this sets
+    the value it read for the few seconds of `ray.init` (the processes it starts read the variable).
+    """
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
