@@ -62,3 +62,6 @@ def ray_env():
     yield mp
     mp.undo()
     refresh_ray_auth()
+
+
+from s3server import s3_server  # noqa: E402,F401  (the S3 server fixture, for every test module)

@@ -31,6 +31,7 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from tileseg.errors import RasterError
 from tileseg.grid import Window
+from tileseg.uri import gdal_cloud_options, gdal_path, is_uri
 
 __all__ = [
     "RASTER_EXTENSIONS",
@@ -150,11 +151,6 @@ def _classify(path: str) -> str | None:
     if not end:
         return "not a raster: no file extension"
     return f"not a raster: unknown extension {end!r}"
-
-
-def _is_uri(path: str) -> bool:
-    """True for URIs and GDAL virtual paths (s3://..., /vsicurl/...): not on this file system, never stat'ed."""
-    return "://" in path or path.startswith("/vsi")
 
 
 def _hidden(name: str) -> bool:
@@ -289,7 +285,7 @@ def _identity(path: str) -> tuple[Any, ...]:
     Two paths to one file, a file link and its target, and hard links all share an identity; a path that
     cannot be stat'ed (a dangling link, a vanished file) is identified by its absolute path.
     """
-    if _is_uri(path):
+    if is_uri(path):
         return ("uri", path)
     try:
         st = os.stat(path)
@@ -317,7 +313,7 @@ def discover(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
 
     def consider(p: str) -> None:
         reason = _classify(p)
-        key = _identity(p) if reason is None else ("path", p if _is_uri(p) else os.path.abspath(p))
+        key = _identity(p) if reason is None else ("path", p if is_uri(p) else os.path.abspath(p))
         if key in seen:
             return
         seen.add(key)
@@ -345,7 +341,7 @@ def discover(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
 
     for raw in inputs:
         item = os.fspath(raw)
-        if _is_uri(item):
+        if is_uri(item):
             if glob.has_magic(item):
                 skipped.append((item, "patterns are not expanded in URIs or GDAL virtual paths"))
             else:
@@ -387,7 +383,7 @@ def _cause(exc: BaseException) -> str:
 
 def _precheck(path: str) -> None:
     """Give plain-language errors for local files that GDAL would only call 'not recognized'."""
-    if path.startswith("/vsi") or "://" in path:
+    if is_uri(path):
         return
     try:
         st = os.stat(path)
@@ -408,14 +404,23 @@ def _precheck(path: str) -> None:
         raise RasterError(f"{path}: empty file (0 bytes)")
 
 
+def _prepare_cloud() -> None:
+    """Give GDAL its object-storage settings (process-wide, as environment defaults) before the first
+    remote open; the user's own settings win. Ray workers inherit the same through the job's worker env."""
+    for key, value in gdal_cloud_options().items():
+        os.environ.setdefault(key, value)
+
+
 @contextmanager
 def _open(path: str) -> Iterator[rasterio.io.DatasetReader]:
     """rasterio.open with errors turned into RasterError and the no-georeference warning silenced."""
     _precheck(path)
+    if is_uri(path):
+        _prepare_cloud()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            ds = rasterio.open(path)
+            ds = rasterio.open(gdal_path(path))
     except Exception as e:  # rasterio raises RasterioIOError, CPLE_* or plain OSError
         raise RasterError(f"{path}: not a readable raster ({_cause(e)})") from None
     try:
@@ -448,7 +453,7 @@ def clear_cache() -> None:
 @contextmanager
 def _cached_open(path: str) -> Iterator[rasterio.io.DatasetReader]:
     """Like `_open`, but reuses this thread's open dataset while the file is unchanged."""
-    if path.startswith("/vsi") or "://" in path:
+    if is_uri(path):
         with _open(path) as ds:
             yield ds
         return
