@@ -58,3 +58,28 @@ def test_a_missing_object_is_one_line_naming_it(s3_server):
     with pytest.raises(raster.RasterError) as err:
         raster.open_info(url)
     assert url in str(err.value) and "\n" not in str(err.value) and SECRET_KEY not in str(err.value)
+
+
+def test_prefixes_and_patterns_are_listed_like_directories(s3_server, tmp_path):
+    from rasters import write_tif
+
+    bucket = s3_server.bucket("listing")
+    for name in ("b.tif", "a.tif", "sub/c.tif", "notes.txt", "sub/d.png"):
+        local = tmp_path / name.replace("/", "_")
+        if name.endswith(".txt"):
+            local.write_text("x")
+        else:
+            write_tif(local, np.zeros((8, 8, 3), np.uint8))
+        s3_server.upload(local, f"{bucket}/scenes/{name}")
+    paths, skipped = raster.discover([f"{bucket}/scenes/"])
+    assert paths == [f"{bucket}/scenes/{n}" for n in ("a.tif", "b.tif", "sub/c.tif", "sub/d.png")]
+    paths, _ = raster.discover([f"{bucket}/scenes/*.tif"])
+    assert paths == [f"{bucket}/scenes/a.tif", f"{bucket}/scenes/b.tif"]
+    paths, skipped = raster.discover([f"{bucket}/empty/", f"{bucket}/scenes/*.jp2", f"{bucket}/scenes/a.tif"])
+    assert paths == [f"{bucket}/scenes/a.tif"]
+    assert [why for _, why in skipped] == [
+        "no objects under this prefix (or no such bucket)",
+        "no objects match this pattern",
+    ]
+    paths, skipped = raster.discover(["s3://no-such-bucket-here/x/"])
+    assert not paths and len(skipped) == 1 and SECRET_KEY not in skipped[0][1]

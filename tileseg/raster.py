@@ -31,7 +31,7 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from tileseg.errors import RasterError
 from tileseg.grid import Window
-from tileseg.uri import gdal_cloud_options, gdal_path, is_uri
+from tileseg.uri import gdal_cloud_options, gdal_path, is_remote, is_uri, redact
 
 __all__ = [
     "RASTER_EXTENSIONS",
@@ -341,9 +341,15 @@ def discover(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
 
     for raw in inputs:
         item = os.fspath(raw)
-        if is_uri(item):
+        if is_remote(item):
+            found, why = _list_remote(item)
+            for url in found:
+                consider(url)
+            if why:
+                skipped.append((item, why))
+        elif is_uri(item):
             if glob.has_magic(item):
-                skipped.append((item, "patterns are not expanded in URIs or GDAL virtual paths"))
+                skipped.append((item, "patterns are not expanded in GDAL virtual paths (use the URL form)"))
             else:
                 consider(item)
         elif os.path.isdir(item):
@@ -363,6 +369,37 @@ def discover(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
         else:
             skipped.append((item, "no such file"))
     return paths, skipped
+
+
+def _list_remote(url: str) -> tuple[list[str], str | None]:
+    """The raster URLs an object-store input names: itself (an object), what a pattern matches, or every
+    object under a prefix ("directory"), sorted; with why nothing came of it, if nothing did.
+
+    Listing goes through fsspec (s3fs for s3://), which reads credentials from the standard variables.
+    An object named directly is passed on unchecked: opening its header says whether it exists.
+    """
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        protocol = url.split("://", 1)[0]
+        if glob.has_magic(path):
+            keys = sorted(k for k in fs.glob(path) if not fs.isdir(k))
+            if not keys:
+                return [], "no objects match this pattern"
+        elif url.endswith("/") or (_classify(url) is not None and fs.isdir(path)):
+            keys = sorted(fs.find(path))
+            if not keys:
+                return [], "no objects under this prefix (or no such bucket)"
+        else:
+            return [url], None
+    except Exception as exc:  # noqa: BLE001 - listing fails in each store's own way: say why, in one line
+        return [], f"cannot list ({redact(_cause(exc)).splitlines()[0][:300]})"
+    urls = [f"{protocol}://{k}" for k in keys]
+    rasters = [u for u in urls if _classify(u) is None]
+    if not rasters:
+        return [], f"no rasters among {len(urls)} objects"
+    return rasters, None
 
 
 # ------------------------------------------------------------------------------------------------ opening
