@@ -92,6 +92,11 @@ class ImageInfo:
         return bool(self.crs)
 
     @property
+    def gsd(self) -> float | None:
+        """Ground sampling distance in metres per pixel at the image centre, or None without a CRS."""
+        return ground_sampling_distance(self.crs, self.transform, self.height, self.width)
+
+    @property
     def shape(self) -> tuple[int, int]:
         """(height, width) in pixels."""
         return (self.height, self.width)
@@ -125,6 +130,31 @@ class ImageInfo:
             driver=str(d.get("driver", "")),
             alpha_band=None if d.get("alpha_band") is None else int(d["alpha_band"]),
         )
+
+
+def ground_sampling_distance(crs: str | None, transform: Sequence[float], height: int, width: int) -> float | None:
+    """Metres on the ground per pixel at the grid's centre (the mean of its x and y steps), or None.
+
+    Measured on the WGS84 ellipsoid between the centre pixel and its neighbours, so it is true ground
+    distance in any CRS: geographic grids at the image's latitude, Web Mercator's scale distortion included.
+    """
+    if not crs:
+        return None
+    from affine import Affine
+    from pyproj import CRS, Geod, Transformer
+
+    t = Affine(*transform[:6])
+    cx, cy = width / 2, height / 2
+    xs, ys = zip(*(t @ p for p in ((cx, cy), (cx + 1, cy), (cx, cy + 1))), strict=True)
+    try:
+        lon, lat = Transformer.from_crs(CRS.from_user_input(crs), "EPSG:4326", always_xy=True).transform(xs, ys)
+    except Exception:  # noqa: BLE001 - a CRS pyproj cannot place on the Earth (engineering, local)
+        return None
+    geod = Geod(ellps="WGS84")
+    _, _, dx = geod.inv(lon[0], lat[0], lon[1], lat[1])
+    _, _, dy = geod.inv(lon[0], lat[0], lon[2], lat[2])
+    value = (abs(dx) + abs(dy)) / 2
+    return float(value) if math.isfinite(value) and value > 0 else None
 
 
 # ---------------------------------------------------------------------------------------------- discovery
