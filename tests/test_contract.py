@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,15 +70,15 @@ def test_resume_needs_an_existing_tileseg_store(tmp_path):
 def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
     out = _store(tmp_path / "run.zarr")
     with contract.StoreLock(out):
-        owner = json.loads(contract.run_file(out, contract.LOCK_FILE).read_text())
+        owner = json.loads(Path(contract.run_file(out, contract.LOCK_FILE)).read_text())
         assert owner["pid"] == os.getpid()
         with pytest.raises(StoreError, match=f"another run is writing this store \\(pid {os.getpid()}"):
             contract.StoreLock(out).acquire()
-    assert not contract.run_file(out, contract.LOCK_FILE).exists()
+    assert not Path(contract.run_file(out, contract.LOCK_FILE)).exists()
 
     # A lock left by a process that has died on this host is stale.
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    lock = contract.run_file(out, contract.LOCK_FILE)
+    lock = Path(contract.run_file(out, contract.LOCK_FILE))
     import socket
 
     lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "started": "then"}))
@@ -103,7 +104,7 @@ def test_run_files_do_not_disturb_group_listing(tmp_path):
     import zarr
 
     out = _store(tmp_path / "run.zarr")
-    contract.run_file(out, contract.SUMMARY_FILE).write_text("{}")
+    contract.write_run_file(out, contract.SUMMARY_FILE, "{}")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         names = [k for k, _ in zarr.open_group(str(out), mode="r").groups()]
@@ -134,3 +135,30 @@ def test_resume_with_another_plan_is_refused_naming_the_difference(tmp_path):
         create_image_group(str(out), "a", info, plan={**plan, "blend": "hann"}, **kw)
     with pytest.raises(StoreError, match="model: sha256 'aa' -> 'bb'"):
         create_image_group(str(out), "a", info, plan={**plan, "model": {"sha256": "bb"}}, **kw)
+
+
+def test_the_contract_holds_in_object_storage(s3_server, tmp_path):
+    bucket = s3_server.bucket("contract")
+    foreign = f"{bucket}/photos"
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    s3_server.upload(tmp_path / "a.jpg", f"{foreign}/a.jpg")
+    with pytest.raises(StoreError, match="not a tileseg store"):
+        contract.check_overwrite(foreign, [])
+    with pytest.raises(StoreError, match="not a tileseg store"):
+        contract.clear_store(foreign)
+    with pytest.raises(StoreError, match="no such store"):
+        contract.check_resume(f"{bucket}/missing.zarr")
+
+    out = f"{bucket}/run.zarr"
+    create_store(out)
+    assert contract.is_tileseg_store(out) and contract.exists(out)
+    with pytest.raises(StoreError, match="would delete the input"):
+        contract.check_overwrite(out, [f"{out}/scene.tif"])
+    with contract.StoreLock(out):
+        with pytest.raises(StoreError, match=f"another run is writing this store \\(pid {os.getpid()}"):
+            contract.StoreLock(out).acquire()
+    contract.write_run_file(out, contract.SUMMARY_FILE, '{"ok": true}')
+    assert json.loads(contract.read_run_file(out, contract.SUMMARY_FILE)) == {"ok": True}
+    contract.clear_store(out)
+    assert not contract.exists(out)
+    assert s3_server.client().list_objects_v2(Bucket="contract", Prefix="photos/")["KeyCount"] == 1

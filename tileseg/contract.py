@@ -19,23 +19,67 @@ from pathlib import Path
 from typing import Any
 
 from tileseg.errors import StoreError
-from tileseg.uri import is_uri
+from tileseg.uri import is_remote, is_uri, redact
 
 RUN_GROUP = ".tileseg"
 LOCK_FILE = "lock"
 SUMMARY_FILE = "summary.json"
 
 
-def run_file(store: str | os.PathLike[str], name: str) -> Path:
-    """Where the run file `name` (the lock, summary.json) of a local store lives."""
-    return Path(store) / RUN_GROUP / name
+def _fs(store: str | os.PathLike[str]) -> tuple[Any, str]:
+    """(fsspec filesystem, path) of a store: local directories resolved (through links), URLs as given."""
+    import fsspec
+
+    text = os.fspath(store)
+    if is_remote(text):
+        return fsspec.core.url_to_fs(text.rstrip("/"))
+    return fsspec.filesystem("file"), str(Path(text).expanduser().resolve())
+
+
+def run_file(store: str | os.PathLike[str], name: str) -> str:
+    """Where the run file `name` (the lock, summary.json) of a store lives: a path, or a URL."""
+    return f"{os.fspath(store).rstrip('/')}/{RUN_GROUP}/{name}"
+
+
+def write_run_file(store: str | os.PathLike[str], name: str, text: str) -> str:
+    """Write a run file whole (a reader never sees half of it: local temp + rename; one PUT remotely)."""
+    fs, root = _fs(store)
+    path = f"{root}/{RUN_GROUP}/{name}"
+    if is_remote(store):
+        fs.pipe_file(path, text.encode())
+    else:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(path + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return run_file(store, name)
+
+
+def read_run_file(store: str | os.PathLike[str], name: str) -> str | None:
+    """A run file's text, or None if it is not there."""
+    fs, root = _fs(store)
+    try:
+        return fs.cat_file(f"{root}/{RUN_GROUP}/{name}").decode()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def exists(store: str | os.PathLike[str]) -> bool:
+    """Whether anything is at `store` (a directory, a file, or objects under the URL)."""
+    fs, root = _fs(store)
+    if not is_remote(store):
+        return os.path.lexists(os.path.expanduser(os.fspath(store)))
+    try:
+        return bool(fs.exists(root)) or bool(fs.ls(root, detail=False))
+    except (FileNotFoundError, OSError):
+        return False
 
 
 def is_tileseg_store(path: str | os.PathLike[str]) -> bool:
-    """Whether `path` is a directory whose root Zarr metadata carries tileseg's record."""
-    meta = Path(path) / "zarr.json"
+    """Whether `path` holds a Zarr store whose root metadata carries tileseg's record."""
+    fs, root = _fs(path)
     try:
-        attrs = json.loads(meta.read_text()).get("attributes") or {}
+        attrs = json.loads(fs.cat_file(f"{root}/zarr.json")).get("attributes") or {}
     except (OSError, ValueError, AttributeError):
         return False
     record = attrs.get("tileseg")
@@ -51,29 +95,38 @@ def check_overwrite(out: str | os.PathLike[str], inputs: Iterable[str]) -> None:
 
     Called while validating, before any side effect; `clear_store` does the removal later.
     """
-    target = Path(out).expanduser().resolve()
-    if not target.exists():
+    if not exists(out):
         return
-    if not target.is_dir() or not is_tileseg_store(target):
+    if not is_tileseg_store(out):
         raise StoreError(
-            f"{out}: exists and is not a tileseg store; --overwrite replaces only stores tileseg wrote "
-            "(choose a new --out, or remove it yourself)"
+            f"{redact(os.fspath(out))}: exists and is not a tileseg store; --overwrite replaces only stores "
+            "tileseg wrote (choose a new --out, or remove it yourself)"
         )
+    prefix = os.fspath(out).rstrip("/") + "/"
+    target = None if is_remote(out) else Path(out).expanduser().resolve()
     for item in inputs:
-        if is_uri(item):
+        if is_remote(out):
+            inside = item.rstrip("/") + "/" == prefix or item.startswith(prefix)
+        elif is_uri(item):
             continue
-        path = Path(item).expanduser()
-        resolved = path.resolve()
-        if _inside(resolved, target) or _inside(path.absolute(), Path(out).expanduser().absolute()):
-            raise StoreError(f"{out}: --overwrite would delete the input {item}, which lies inside it")
+        else:
+            path = Path(item).expanduser()
+            inside = _inside(path.resolve(), target) or _inside(path.absolute(), Path(out).expanduser().absolute())
+        if inside:
+            raise StoreError(
+                f"{redact(os.fspath(out))}: --overwrite would delete the input {item}, which lies inside it"
+            )
 
 
 def clear_store(out: str | os.PathLike[str]) -> None:
     """Remove a tileseg store's contents (a link to it stays a link); refuses anything else."""
-    target = Path(out).expanduser().resolve()
-    if not is_tileseg_store(target):
-        raise StoreError(f"{out}: not a tileseg store; refusing to delete it")
-    for child in target.iterdir():
+    if not is_tileseg_store(out):
+        raise StoreError(f"{redact(os.fspath(out))}: not a tileseg store; refusing to delete it")
+    fs, root = _fs(out)
+    if is_remote(out):
+        fs.rm(root, recursive=True)
+        return
+    for child in Path(root).iterdir():
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
         else:
@@ -82,10 +135,10 @@ def clear_store(out: str | os.PathLike[str]) -> None:
 
 def check_resume(out: str | os.PathLike[str]) -> None:
     """`--resume` continues a tileseg store; anything else (missing, foreign) is refused."""
-    if not Path(out).expanduser().exists():
-        raise StoreError(f"{out}: no such store to resume (drop --resume to start one)")
-    if not is_tileseg_store(Path(out).expanduser().resolve()):
-        raise StoreError(f"{out}: not a tileseg store; --resume continues only stores tileseg wrote")
+    if not exists(out):
+        raise StoreError(f"{redact(os.fspath(out))}: no such store to resume (drop --resume to start one)")
+    if not is_tileseg_store(out):
+        raise StoreError(f"{redact(os.fspath(out))}: not a tileseg store; --resume continues only stores tileseg wrote")
 
 
 def plan_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
@@ -114,48 +167,61 @@ def _alive(pid: int) -> bool:
 
 
 class StoreLock:
-    """An exclusive lock on a local store for one run: `.tileseg/lock` holds the owner's pid, host and start.
+    """An exclusive lock on a store for one run: `.tileseg/lock` holds the owner's pid, host and start.
 
-    A second writer is refused, naming the owner. A lock left by a dead process on this host is stale and
-    taken over; one from another host is never guessed about (remove it by hand once that run is gone).
+    Taken by an exclusive create (O_EXCL on disk; a conditional PUT, If-None-Match, in object storage), so
+    two runs can never both hold it. A second writer is refused, naming the owner. A lock left by a dead
+    process on this host is stale and taken over; one from another host is never guessed about (remove
+    it by hand once that run is gone).
     """
 
     def __init__(self, store: str | os.PathLike[str]):
-        self.path = run_file(store, LOCK_FILE)
+        self.store = store
+        self.fs, root = _fs(store)
+        self.path = f"{root}/{RUN_GROUP}/{LOCK_FILE}"
         self.held = False
 
     def _owner(self) -> dict[str, Any]:
         try:
-            return json.loads(self.path.read_text())
+            return json.loads(self.fs.cat_file(self.path))
         except (OSError, ValueError):
             return {}
 
+    def _create(self, text: str) -> bool:
+        """Create the lock file exclusively; False if it already exists."""
+        try:
+            if not is_remote(self.store):
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            with self.fs.open(self.path, "xb") as f:
+                f.write(text.encode())
+        except FileExistsError:
+            return False
+        return True
+
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                same_host = owner.get("host") == me["host"]
-                if same_host and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
-                    self.path.unlink(missing_ok=True)  # stale: its process is gone
-                    continue
-                who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')} since {owner.get('started', '?')}"
-                raise StoreError(
-                    f"{self.path.parents[1]}: another run is writing this store ({who}); wait for it, or remove "
-                    f"{self.path} if that run is gone"
-                ) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            return
-        raise StoreError(f"{self.path}: could not take the store's lock")
+            if self._create(json.dumps(me)):
+                self.held = True
+                return
+            owner = self._owner()
+            same_host = owner.get("host") == me["host"]
+            if same_host and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
+                self.fs.rm_file(self.path)  # stale: its process is gone
+                continue
+            who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')} since {owner.get('started', '?')}"
+            raise StoreError(
+                f"{redact(os.fspath(self.store))}: another run is writing this store ({who}); wait for it, or "
+                f"remove {redact(run_file(self.store, LOCK_FILE))} if that run is gone"
+            )
+        raise StoreError(f"{redact(run_file(self.store, LOCK_FILE))}: could not take the store's lock")
 
     def release(self) -> None:
         if self.held:
-            self.path.unlink(missing_ok=True)
+            try:
+                self.fs.rm_file(self.path)
+            except FileNotFoundError:
+                pass
             self.held = False
 
     def __enter__(self) -> StoreLock:
