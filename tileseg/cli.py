@@ -94,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("store", help="a .zarr store written by `tileseg segment`")
     ex.add_argument("--cog", required=True, metavar="DIR", help="directory for one COG per image")
     ex.set_defaults(func=cmd_export)
+
+    from tileseg.vectorize import options as vectorize
+
+    vec = sub.add_parser(
+        "vectorize",
+        help="polygons of a store's masks (GeoParquet, GeoPackage, FlatGeobuf, GeoJSON)",
+        description=vectorize.DESCRIPTION,
+    )
+    vectorize.add_arguments(vec)
+    vec.set_defaults(func=vectorize.run_from_args)
     return parser
 
 
