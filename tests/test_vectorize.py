@@ -26,6 +26,7 @@ from tileseg.vectorize.shell import pixel_to_crs
 
 KAMPALA_MASK = "kampala/scene/kampala_z21_mask.tif"
 CLASSES = ["background", "building"]
+IDENTITY = Affine.identity()
 
 
 def put_mask(
@@ -59,7 +60,7 @@ def put_mask(
         st.write_block(store, name, (r, c, bh, bw), mask[r : r + bh, c : c + bw], prob, i)
 
 
-def reference(mask: np.ndarray, classes: list[int], transform: Affine = Affine.identity()) -> list[tuple[int, object]]:
+def reference(mask: np.ndarray, classes: list[int], transform: Affine = IDENTITY) -> list[tuple[int, object]]:
     """The whole-image reference: rasterio.features.shapes on the full mask (4-connected)."""
     sel = np.isin(mask, classes)
     return [(int(v), shapely.geometry.shape(g)) for g, v in features.shapes(mask, mask=sel, transform=transform)]

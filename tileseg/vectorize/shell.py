@@ -30,6 +30,10 @@ COLUMNS = ("image", "class_id", "class_name", "area", "area_unit", "probability"
 """Attribute columns of the output, in order (`probability` only when the group stores probabilities)."""
 
 
+NO_CLEANUP = Cleanup()
+"""The default: the exact polygons, untouched."""
+
+
 class VectorizeError(ValueError):
     """A store, group, class or option cannot be vectorised; the message names the store/group and the problem."""
 
@@ -170,7 +174,7 @@ def vectorize_group(
     name: str,
     *,
     classes: Sequence[str] | None = None,
-    cleanup: Cleanup = Cleanup(),
+    cleanup: Cleanup = NO_CLEANUP,
     block: int = DEFAULT_BLOCK,
     use_ray: bool | None = None,
     values: str = "mask",
