@@ -21,7 +21,7 @@ Memory: one block's arrays plus the border pieces (a strip one polygon wide alon
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -87,6 +87,51 @@ def block_polygons(
     h, w = values.shape
     if (h, w) != (window.height, window.width):
         raise ValueError(f"block of shape {values.shape} does not match window {tuple(window)}")
+    H, W = image_shape
+    # Block edges with a neighbour: only polygons reaching one of these can continue in another block.
+    x0, y0, x1, y1 = window.col, window.row, window.col + w, window.row + h
+    edges = (x0 > 0, y0 > 0, x1 < W, y1 < H)
+    interior: list[Piece] = []
+    border: list[Piece] = []
+    for piece in _pieces(values, window, classes, probability):
+        bx0, by0, bx1, by1 = piece.geometry.bounds
+        touches = (
+            (edges[0] and bx0 == x0) or (edges[1] and by0 == y0) or (edges[2] and bx1 == x1) or (edges[3] and by1 == y1)
+        )
+        (border if touches else interior).append(piece)
+    return BlockPolygons(window, _canonical_pieces(interior), tuple(border))
+
+
+def _polygon(geom: dict) -> shapely.Polygon:
+    """A GeoJSON-like polygon from rasterio as a shapely Polygon (rings through NumPy: fast)."""
+    rings = [np.asarray(r, dtype=np.float64) for r in geom["coordinates"]]
+    return shapely.Polygon(rings[0], rings[1:])
+
+
+def _pieces(
+    values: np.ndarray, window: Window, classes: Sequence[int], probability: np.ndarray | None
+) -> Iterator[Piece]:
+    """Every polygon of `classes` in the block, in global pixel coordinates.
+
+    Without probabilities the mask itself is polygonised (the pixel count is the polygon's area, exact for
+    pixel polygons). With them, 4-connected components are labelled first (OpenCV), so that each polygon's
+    probability sum comes from a bincount over its label; the label image gives the same polygons.
+    """
+    transform = Affine.translation(window.col, window.row)
+    if probability is None:
+        if values.dtype == np.uint8:  # a table lookup: several times faster than np.isin on a block
+            lut = np.zeros(256, dtype=bool)
+            lut[list(classes)] = True
+            sel = lut[values]
+        else:
+            sel = np.isin(values, list(classes))
+        if not sel.any():
+            return
+        for geom, value in features.shapes(values, mask=sel, connectivity=CONNECTIVITY, transform=transform):
+            poly = _polygon(geom)
+            yield Piece(int(value), poly, int(round(poly.area)))
+        return
+    h, w = values.shape
     labels = np.zeros((h, w), dtype=np.int32)
     owner: list[int] = [-1]  # label -> class id (label 0 = not an object)
     pixels: list[np.ndarray] = [np.zeros(1, np.int64)]
@@ -98,36 +143,17 @@ def block_polygons(
         n, lab, stats, _ = cv2.connectedComponentsWithStats(
             hit.view(np.uint8), connectivity=CONNECTIVITY, ltype=cv2.CV_32S
         )
-        offset = len(owner) - 1
-        labels[hit] = lab[hit] + offset
+        labels[hit] = lab[hit] + len(owner) - 1
         owner.extend([int(class_id)] * (n - 1))
         pixels.append(stats[1:, cv2.CC_STAT_AREA].astype(np.int64))
-        if probability is not None:
-            p = np.where(hit, np.nan_to_num(np.asarray(probability[k], dtype=np.float64)), 0.0)
-            sums.append(np.bincount(lab.ravel(), weights=p.ravel(), minlength=n)[1:])
-        else:
-            sums.append(np.full(n - 1, np.nan))
+        p = np.where(hit, np.nan_to_num(np.asarray(probability[k], dtype=np.float64)), 0.0)
+        sums.append(np.bincount(lab.ravel(), weights=p.ravel(), minlength=n)[1:])
     if len(owner) == 1:
-        return BlockPolygons(window, (), ())
+        return
     px, ps = np.concatenate(pixels), np.concatenate(sums)
-    transform = Affine.translation(window.col, window.row)
-    H, W = image_shape
-    # Block edges with a neighbour: only polygons reaching one of these can continue in another block.
-    x0, y0, x1, y1 = window.col, window.row, window.col + w, window.row + h
-    edges = (x0 > 0, y0 > 0, x1 < W, y1 < H)
-    interior: list[Piece] = []
-    border: list[Piece] = []
-    shapes = features.shapes(labels, mask=labels > 0, connectivity=CONNECTIVITY, transform=transform)
-    for geom, value in shapes:
+    for geom, value in features.shapes(labels, mask=labels > 0, connectivity=CONNECTIVITY, transform=transform):
         label = int(value)
-        poly = shapely.geometry.shape(geom)
-        piece = Piece(owner[label], poly, int(px[label]), float(ps[label]))
-        bx0, by0, bx1, by1 = poly.bounds
-        touches = (
-            (edges[0] and bx0 == x0) or (edges[1] and by0 == y0) or (edges[2] and bx1 == x1) or (edges[3] and by1 == y1)
-        )
-        (border if touches else interior).append(piece)
-    return BlockPolygons(window, _canonical_pieces(interior), tuple(border))
+        yield Piece(owner[label], _polygon(geom), int(px[label]), float(ps[label]))
 
 
 def _canonical_pieces(pieces: Sequence[Piece]) -> tuple[Piece, ...]:
