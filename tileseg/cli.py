@@ -18,7 +18,7 @@ from tileseg.errors import TilesegError
 from tileseg.options import Command, add_options, from_args, option
 
 # Job subcommands, each the module that defines its COMMAND (imported when the parser is built).
-JOB_MODULES = ("tileseg.segment", "tileseg.train", "tileseg.evaluate")
+JOB_MODULES = ("tileseg.segment", "tileseg.train", "tileseg.evaluate", "tileseg.vectorize.options")
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,11 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
             continue
         if base is bool:
             kw["action"] = "store_true"
+        elif typing.get_origin(base) is tuple and not f.metadata["parse"]:
+            kw["nargs"] = "+"  # --classes a b c
+            item = typing.get_args(base)[0]
+            kw["type"] = item if item in (int, float, str) else str
+            kw["default"] = None if f.default is _NO_DEFAULT else f.default
         else:
             kw["type"] = f.metadata["parse"] or (base if base in (int, float, str) else str)
             if f.default is _NO_DEFAULT:
