@@ -122,6 +122,7 @@ def traces(folder: Path, rank: int) -> list[np.ndarray]:
     return [np.load(f) for f in sorted(folder.glob(f"world2_rank{rank}_step*.npy"))]
 
 
+@pytest.mark.slow
 def test_two_workers_hold_identical_weights_and_match_one_worker(crashed_run):
     rank0, rank1 = traces(crashed_run["root"] / "trace", 0), traces(crashed_run["root"] / "trace", 1)
     assert len(rank0) >= STEPS and len(rank1) >= STEPS  # epoch 1 (+ the steps of epoch 2 before the kill)
@@ -143,6 +144,7 @@ def test_two_workers_hold_identical_weights_and_match_one_worker(crashed_run):
         np.testing.assert_allclose(rank0[step], single[step], rtol=0, atol=2e-5, err_msg=f"step {step}")
 
 
+@pytest.mark.slow
 def test_killed_worker_then_resume_continues_from_checkpoint(crashed_run, data_dir, monkeypatch):
     out = crashed_run["out"]
     assert not out.exists()
@@ -174,7 +176,6 @@ def test_killed_worker_then_resume_continues_from_checkpoint(crashed_run, data_d
 # --- one IoU for training and `tileseg evaluate` ----------------------------------------------------
 
 
-@pytest.mark.slow
 def test_validation_iou_equals_evaluate_iou_on_the_same_prediction(data_dir, tmp_path):
     """Training's validation and `tileseg evaluate` score a real prediction of a trained tiny model alike."""
     import dataclasses
