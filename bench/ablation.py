@@ -24,19 +24,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from tileseg.model import configure_tensorflow  # noqa: E402
-from tileseg.train import TrainConfig, Trainer, prepare  # noqa: E402
+from tileseg.train import TrainConfig, Trainer, TrainPlan, prepare  # noqa: E402
 
 ARCHS = ("unet", "attention_unet")
 
 
-def run_one(plan: dict, arch: str, seed: int) -> dict:
+def run_one(plan: TrainPlan, arch: str, seed: int) -> dict:
     """Train one (arch, seed) for the plan's epochs; the last epoch's validation scores and timings."""
     import keras
 
     keras.backend.clear_session()
-    trainer = Trainer({**plan, "arch": arch, "seed": seed})
+    trainer = Trainer(plan.with_options(arch=arch, seed=seed))
     epoch_times = []
-    for epoch in range(int(plan["epochs"])):
+    for epoch in range(plan.options.epochs):
         t0 = time.time()
         loss = trainer.train_epoch(epoch)
         epoch_times.append(time.time() - t0)
@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_tensorflow(args.threads, inter_op=1 if args.threads <= 2 else 2)
     data = Path(args.data)
     config = TrainConfig(
-        images=[str(data / "train")],
-        val_images=[str(data / "val")],
+        images=(str(data / "train"),),
+        val_images=(str(data / "val"),),
         out="unused.keras",
         tile=args.tile,
         epochs=args.epochs,

@@ -29,14 +29,19 @@ def option(
     parse: Callable[[str], Any] | None = None,
     positional: bool = False,
     cli: bool = True,
+    many: bool = False,
 ) -> Any:
     """A dataclass field that is also a command-line option.
 
     `flag` defaults to `--field-name`; `parse` turns the option's text into the field's value (for
     tuples such as `--bands 3,2,1`); `positional` makes it the command's positional arguments (a tuple
-    field takes one or more); `cli=False` keeps a field out of the command line (Python API only).
+    field takes one or more); `cli=False` keeps a field out of the command line (Python API only);
+    `many` makes a tuple option take one or more space-separated values (`--classes background building`),
+    each converted by `parse` (default: str).
     """
-    meta = dict(help=help, flag=flag, metavar=metavar, choices=choices, parse=parse, positional=positional, cli=cli)
+    meta = dict(
+        help=help, flag=flag, metavar=metavar, choices=choices, parse=parse, positional=positional, cli=cli, many=many
+    )
     if isinstance(default, list | dict | set):
         raise TypeError("use a tuple or None for a mutable default")
     if default is _NO_DEFAULT:
@@ -67,7 +72,8 @@ def _help(f: dataclasses.Field) -> str:
     text = f.metadata["help"]
     if f.default is _NO_DEFAULT or f.default is None or f.default is False or "default" in text:
         return text
-    shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+    sep = " " if f.metadata.get("many") else ","
+    shown = sep.join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
     return f"{text} (default {shown})"
 
 
@@ -93,6 +99,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
             kw["default"] = None if f.default is _NO_DEFAULT else f.default
         else:
             kw["type"] = f.metadata["parse"] or (base if base in (int, float, str) else str)
+            if f.metadata.get("many"):
+                kw["nargs"] = "+"
             if f.default is _NO_DEFAULT:
                 kw["required"] = True
             else:

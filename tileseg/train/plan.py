@@ -1,0 +1,117 @@
+"""The training plan: options resolved against the data (pairs, split, bands, normalisation, steps).
+
+The driver builds one `TrainPlan` (`prepare`) and every Ray Train worker receives it, pickled, as is:
+a frozen dataclass read as attributes, so a worker cannot ask for a key the driver never set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tileseg.data import Pair, band_statistics, find_pairs, split_pairs
+from tileseg.train.options import TrainOptions
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What every worker needs: the options, and what the data implies (absolute paths throughout)."""
+
+    options: TrainOptions
+    bands: tuple[int, ...]  # 1-based, resolved from the first training image when not given
+    mean: tuple[float, ...]  # per band, of the training pairs' valid pixels
+    std: tuple[float, ...]
+    class_frequency: tuple[float, ...]
+    steps_per_epoch: int  # global batches per epoch
+    train_dirs: tuple[str, ...]
+    val_dirs: tuple[str, ...] | None  # None: validation pairs held out of the training dirs
+    train_pairs: tuple[Pair, ...]
+    pair_weights: tuple[float, ...]  # sampling weight per training pair
+    val_pairs: tuple[Pair, ...]
+    resume_from: str | None = None  # the checkpoint folder `--resume` continues from
+    trace_dir: str | None = None  # diagnostics: every worker saves its weights after every step here
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.options.classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.options.classes)
+
+    @property
+    def tile(self) -> int:
+        return self.options.tile
+
+    def with_options(self, **changes: Any) -> TrainPlan:
+        """The same data plan with some options changed (e.g. the ablation's arch and seed)."""
+        return replace(self, options=replace(self.options, **changes))
+
+
+def _collect_pairs(images: Sequence[str], masks: Sequence[str] | None) -> list[list[Pair]]:
+    """Pairs of every images dir (with its masks dir, or as a data dir with images/ and masks/), per dir."""
+    # Absolute paths: Ray Train workers run in their own working directory.
+    absolute = [Path(f).expanduser().resolve() for f in images]
+    mask_dirs = [Path(f).expanduser().resolve() for f in masks] if masks is not None else None
+    return [find_pairs(folder, mask_dirs[i] if mask_dirs else None) for i, folder in enumerate(absolute)]
+
+
+def _sampling_weights(sources: Sequence[Sequence[Pair]], shares: Sequence[float] | None, tile: int) -> list[float]:
+    """Per-pair sampling weights: by area in tiles, rescaled so source dir i gets `shares[i]` of samples."""
+    weights: list[float] = []
+    for i, pairs in enumerate(sources):
+        area = np.array([max(1.0, p.height * p.width / tile**2) for p in pairs])
+        weights += [float(w) for w in (area if shares is None else float(shares[i]) * area / area.sum())]
+    return weights
+
+
+def _dirs(options: TrainOptions) -> tuple[list[str], list[str] | None]:
+    """Training and validation dirs; a data set dir with train/ and val/ splits gives both."""
+    images, val_images = list(options.images), list(options.val_images) if options.val_images else None
+    if options.masks is None and not val_images:
+        # A data set dir with train/ and val/ splits (e.g. ../shared/data/kampala): use its val/ split.
+        splits = [Path(d) for d in images if not (Path(d) / "images").is_dir() and (Path(d) / "train").is_dir()]
+        if splits:
+            images = [str(Path(d) / "train") if Path(d) in splits else d for d in images]
+            val_images = [str(d / "val") for d in splits if (d / "val").is_dir()] or None
+    return images, val_images
+
+
+def prepare(options: TrainOptions, *, trace_dir: str | Path | None = None) -> TrainPlan:
+    """Resolve pairs, the validation split, bands and normalisation statistics: the workers' plan."""
+    from tileseg.raster import check_bands, open_info
+
+    images, val_images = _dirs(options)
+    sources = _collect_pairs(images, options.masks)
+    if val_images:
+        val_masks = options.val_masks if options.val_images else None
+        val_pairs = [p for pairs in _collect_pairs(val_images, val_masks) for p in pairs]
+    else:
+        held = [split_pairs(pairs, options.val_fraction, options.seed + i) for i, pairs in enumerate(sources)]
+        sources, val_pairs = [t for t, _ in held], [p for _, v in held for p in v]
+    train_pairs = [p for pairs in sources for p in pairs]
+    bands = tuple(int(b) for b in check_bands(open_info(train_pairs[0].image), options.bands))
+    stats = band_statistics(train_pairs, list(bands), len(options.classes))
+    steps = options.steps_per_epoch
+    if steps is None:
+        area = sum(max(1.0, p.height * p.width / options.tile**2) for p in train_pairs)
+        steps = max(1, math.ceil(area / options.batch_size))
+    return TrainPlan(
+        options=options,
+        bands=bands,
+        mean=tuple(float(v) for v in stats["mean"]),
+        std=tuple(float(v) for v in stats["std"]),
+        class_frequency=tuple(float(v) for v in stats["class_frequency"]),
+        steps_per_epoch=int(steps),
+        train_dirs=tuple(str(Path(d).resolve()) for d in images),
+        val_dirs=tuple(str(Path(d).resolve()) for d in val_images) if val_images else None,
+        train_pairs=tuple(train_pairs),
+        pair_weights=tuple(_sampling_weights(sources, options.source_weights, options.tile)),
+        val_pairs=tuple(val_pairs),
+        trace_dir=str(Path(trace_dir).resolve()) if trace_dir else None,
+    )
