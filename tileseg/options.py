@@ -72,9 +72,14 @@ def _help(f: dataclasses.Field) -> str:
     text = f.metadata["help"]
     if f.default is _NO_DEFAULT or f.default is None or f.default is False or "default" in text:
         return text
-    sep = " " if f.metadata.get("many") else ","
+    sep = " " if f.metadata.get("many") or (isinstance(f.default, tuple) and not f.metadata["parse"]) else ","
     shown = sep.join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
     return f"{text} (default {shown})"
+
+
+def _many(f: dataclasses.Field, base: Any) -> bool:
+    """Whether an option takes space-separated values: asked for (`many`), or a tuple field with no parser."""
+    return bool(f.metadata.get("many")) or (typing.get_origin(base) is tuple and not f.metadata["parse"])
 
 
 def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -92,14 +97,11 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
             continue
         if base is bool:
             kw["action"] = "store_true"
-        elif typing.get_origin(base) is tuple and not f.metadata["parse"]:
-            kw["nargs"] = "+"  # --classes a b c
-            item = typing.get_args(base)[0]
-            kw["type"] = item if item in (int, float, str) else str
-            kw["default"] = None if f.default is _NO_DEFAULT else f.default
         else:
-            kw["type"] = f.metadata["parse"] or (base if base in (int, float, str) else str)
-            if f.metadata.get("many"):
+            many = _many(f, base)
+            item = typing.get_args(base)[0] if many and typing.get_origin(base) is tuple else base
+            kw["type"] = f.metadata["parse"] or (item if item in (int, float, str) else str)
+            if many:
                 kw["nargs"] = "+"
             if f.default is _NO_DEFAULT:
                 kw["required"] = True
