@@ -151,7 +151,7 @@ def synthetic_pair(seed: int, shape: tuple[int, int] = (300, 260)) -> tuple[np.n
 @pytest.fixture()
 def small_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Force one Dask task per 64x64 Zarr chunk so the reduction really sums many partial matrices."""
-    monkeypatch.setattr(ev, "TARGET_BLOCK_PIXELS", 64 * 64)
+    monkeypatch.setattr(ev.confusion, "TARGET_BLOCK_PIXELS", 64 * 64)
 
 
 # ------------------------------------------------------------------------------------------ metrics
