@@ -6,6 +6,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from rasterio.warp import calculate_default_transform, reproject, transform_boun
 from tileseg import evaluate as ev
 from tileseg import store as tstore
 from tileseg.grid import Window
+from tileseg.jsonio import json_safe
 from tileseg.raster import ImageInfo, open_info
 
 UTM = CRS.from_epsg(32636)
@@ -151,7 +153,7 @@ def synthetic_pair(seed: int, shape: tuple[int, int] = (300, 260)) -> tuple[np.n
 @pytest.fixture()
 def small_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Force one Dask task per 64x64 Zarr chunk so the reduction really sums many partial matrices."""
-    monkeypatch.setattr(ev, "TARGET_BLOCK_PIXELS", 64 * 64)
+    monkeypatch.setattr(ev.confusion, "TARGET_BLOCK_PIXELS", 64 * 64)
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -523,6 +525,52 @@ def test_partial_overlap_other_grid_same_crs(tmp_path: Path, small_tasks: None) 
 # ------------------------------------------------------------------------------------------ schedulers, CLI
 
 
+def _ray_leftovers(pid: int) -> set[str]:
+    """Entries of Ray's default /tmp/ray that a Ray started by process `pid` made (sessions carry the pid)."""
+    root = Path("/tmp/ray")
+    if not root.is_dir():
+        return set()
+    mine = {n for n in os.listdir(root) if n.endswith(f"_{pid}")}
+    latest = root / "session_latest"
+    if latest.is_symlink() and os.readlink(latest).endswith(f"_{pid}"):
+        mine.add("session_latest")
+    return mine
+
+
+@pytest.mark.slow  # starting Ray takes 10-25 s on a 2-core machine
+def test_ray_scheduler_runs_in_a_ray_session_that_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """evaluate(scheduler='ray') starting its own Ray: the threads scheduler's exact result, no Ray left
+    running, no auth token in ~/.ray and no session in /tmp/ray (RaySession keeps both in a temp dir)."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("needs to start its own Ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # never someone else's cluster
+    truth, pred = synthetic_pair(11, (150, 170))
+    transform = from_origin(500000, 40000, 0.5, 0.5)
+    store = tmp_path / "run.zarr"
+    write_store(store, "scene", pred, crs=UTM, transform=transform, classes=CLASSES, chunk=32)
+    tif = write_tif(tmp_path / "scene.tif", truth, crs=UTM, transform=transform)
+    threads = ev.evaluate(store, tif, out_dir=tmp_path / "t", quicklooks=False)
+
+    real_home_ray = Path(os.path.expanduser("~")) / ".ray"
+    before_real = sorted(os.listdir(real_home_ray)) if real_home_ray.is_dir() else None
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    before_tmp = _ray_leftovers(os.getpid())
+    on_ray = ev.evaluate(store, tif, out_dir=tmp_path / "r", scheduler="ray", quicklooks=False)
+
+    assert not ray.is_initialized()  # the session it started is shut down
+    assert json_safe(on_ray["images"]) == json_safe(threads["images"])
+    assert json_safe(on_ray["overall"]) == json_safe(threads["overall"])
+    assert threads["overall"]["evaluated"] > 0
+    assert os.listdir(home) == []  # no ~/.ray (auth token) under the HOME Ray saw
+    assert (sorted(os.listdir(real_home_ray)) if real_home_ray.is_dir() else None) == before_real
+    assert _ray_leftovers(os.getpid()) - before_tmp == set()
+
+
 @pytest.mark.slow  # starting Ray takes 10-25 s on a 2-core machine
 def test_ray_scheduler_gives_the_same_counts(tmp_path: Path, small_tasks: None) -> None:
     """scheduler='ray' runs the same graph on Ray (a 1-CPU local instance) with identical results."""
@@ -583,3 +631,41 @@ def test_bench_small_run_is_exact() -> None:
     spec.loader.exec_module(bench)
     res = bench.run(1500, chunk=512, quicklooks=False)
     assert res["correct"] and res["peak_rss_mib"] < 2048
+
+
+def test_options_are_checked_before_anything_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Bad options fail naming the option, missing files naming the file, and no report directory appears;
+    `tileseg evaluate` (generated from EvaluateOptions) parses --ignore/--classes as comma lists."""
+    from tileseg import cli
+    from tileseg.errors import OptionError
+
+    truth, pred = synthetic_pair(3, (64, 64))
+    transform = from_origin(500000, 40000, 0.5, 0.5)
+    store = tmp_path / "run.zarr"
+    write_store(store, "scene", pred, crs=UTM, transform=transform, classes=CLASSES)
+    tif = write_tif(tmp_path / "scene.tif", truth, crs=UTM, transform=transform)
+    out = tmp_path / "o"
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    for kwargs, flag in [
+        ({"scheduler": "dask"}, "--scheduler"),
+        ({"classes": ["a", "a"]}, "--classes"),
+        ({"ignore": [float("nan")]}, "--ignore"),
+        ({"out_dir": a_file}, "--out"),
+    ]:
+        with pytest.raises(OptionError, match=f"^{flag}: "):
+            ev.evaluate(store, tif, **{"out_dir": out, **kwargs})
+    with pytest.raises(ev.EvaluationError, match="truth not found: .*missing.tif"):
+        ev.evaluate(store, tmp_path / "missing.tif", out_dir=out)
+    assert not out.exists() and not (tmp_path / "run_eval").exists()
+
+    argv = ["evaluate", str(store), "--truth", str(tif), "--out", str(out), "--no-quicklooks", "--ignore", "0,255"]
+    assert cli.main(argv) == 0
+    assert "| building |" in capsys.readouterr().out
+    data = json.loads((out / "metrics.json").read_text())
+    assert (
+        data["images"]["scene"]["ignore"] == [0, 255]
+        and data["images"]["scene"]["per_class"]["background"]["support"] == 0
+    )
+    assert cli.main(["evaluate", str(store), "--truth", str(tif), "--scheduler", "ray", "--out", str(a_file)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out: {a_file} exists and is not a directory"
