@@ -7,7 +7,6 @@ import itertools
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -589,17 +588,11 @@ def test_ray_scheduler_gives_the_same_counts(tmp_path: Path, small_tasks: None) 
     )
     threads = ev.evaluate(store, t4326, out_dir=tmp_path / "t", quicklooks=False)
     # a private 1-CPU Ray (never someone else's cluster); evaluate() leaves an initialised Ray running
-    ray.init(
-        num_cpus=1,
-        include_dashboard=False,
-        log_to_driver=False,
-        _temp_dir=tempfile.mkdtemp(prefix="tsray-"),
-        _node_ip_address="127.0.0.1",
-    )
-    try:
+    from tileseg.ray_session import RaySession
+
+    with RaySession(num_cpus=1):  # a Ray already running: evaluate() uses it and leaves it running
         on_ray = ev.evaluate(store, t4326, out_dir=tmp_path / "r", scheduler="ray", quicklooks=False)
-    finally:
-        ray.shutdown()
+        assert ray.is_initialized()
     assert on_ray["images"]["scene"]["confusion_matrix"] == threads["images"]["scene"]["confusion_matrix"]
     assert threads["overall"]["evaluated"] > 0
 

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,11 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def ray_local():
     """A private 2-CPU Ray for this module (never someone else's cluster)."""
-    ray.init(
-        num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="tsray-"), _node_ip_address="127.0.0.1"
-    )
-    yield
-    ray.shutdown()
+    from tileseg.ray_session import RaySession
+
+    with RaySession(num_cpus=2):  # its own temp dir and token, both gone afterwards
+        yield
 
 
 def parse(argv: list[str]) -> TrainOptions:
