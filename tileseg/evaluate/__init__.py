@@ -21,13 +21,16 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import zarr
 
+from tileseg import store as tstore
 from tileseg.errors import EvaluationError, TilesegError
 from tileseg.evaluate.confusion import MaskHandle, compute_counts, confusion_graph
+from tileseg.evaluate.objects import rasterize_truth, score_objects, truth_polygons_from_raster
 from tileseg.evaluate.options import DEFAULT_IGNORE, EvaluateOptions, check_options
 from tileseg.evaluate.pictures import (
     ERROR_COLOURS,
@@ -37,7 +40,7 @@ from tileseg.evaluate.pictures import (
     write_quicklook,
     write_quicklooks,
 )
-from tileseg.evaluate.plan import EvaluationPlan, ImagePlan, TruthPlan, make_plan
+from tileseg.evaluate.plan import EvaluationPlan, ImagePlan, TruthPlan, _default_out_dir, _store_ref, make_plan
 from tileseg.evaluate.report import Scores, confusion_metrics, markdown_report, score
 from tileseg.evaluate.truth import TruthSource, match_truth, plan_truth
 from tileseg.jsonio import write_json
@@ -113,13 +116,29 @@ def evaluate_options(opts: EvaluateOptions) -> dict[str, Any]:
     """`evaluate` from its options: check, plan, compute the counts, score, write the reports."""
     t0 = time.perf_counter()
     check_options(opts)
+    if opts.truth_vectors is not None:  # the polygons on each image's grid, for the pixel metrics
+        out = Path(opts.out_dir) if opts.out_dir is not None else _default_out_dir(opts.store)
+        names = tstore.image_groups(_store_ref(opts.store))
+        rasters = rasterize_truth(
+            _store_ref(opts.store), names, opts.truth_vectors, opts.aoi, opts.truth_field, out / "truth_rasterised"
+        )
+        opts = replace(opts, truth=rasters)
     plan = make_plan(opts)
     counts = compute_counts(plan)
     scores = score(plan, counts)
-    return _write_outputs(plan, scores, t0)
+    objects = None
+    if opts.truth_vectors is not None or opts.objects:
+        truths = {
+            p.name: Path(opts.truth_vectors) if opts.truth_vectors else truth_polygons_from_raster(p.truth.path)
+            for p in plan.evaluated
+        }
+        objects = score_objects(_store_ref(opts.store), truths, aoi=opts.aoi, iou_threshold=opts.iou_threshold)
+    return _write_outputs(plan, scores, t0, objects)
 
 
-def _write_outputs(plan: EvaluationPlan, scores: Scores, t0: float) -> dict[str, Any]:
+def _write_outputs(
+    plan: EvaluationPlan, scores: Scores, t0: float, objects: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Write confusion PNG, quicklooks, metrics.md and metrics.json; return the result they hold."""
     out = plan.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -152,6 +171,8 @@ def _write_outputs(plan: EvaluationPlan, scores: Scores, t0: float) -> dict[str,
         "ambiguous": plan.ambiguous,
         "warnings": list(dict.fromkeys(notes)),
     }
+    if objects is not None:
+        result["objects"] = objects
     result["table"] = markdown_report(result)
     result["files"] = files
     result["seconds"] = round(time.perf_counter() - t0, 3)

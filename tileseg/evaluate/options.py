@@ -33,7 +33,23 @@ class EvaluateOptions:
     """What to score against what, and where the reports go."""
 
     store: str | Path | zarr.Group = option(help="a .zarr store written by `tileseg segment`", positional=True)
-    truth: str | Path = option(help="truth raster, or a directory of rasters named like the images")
+    truth: str | Path | None = option(
+        None, help="truth raster, or a directory of rasters named like the images (or give --truth-vectors)"
+    )
+    truth_vectors: str | Path | None = option(
+        None,
+        metavar="FILE",
+        help="truth polygons (GeoJSON/GeoPackage/GeoParquet, any CRS): rasterised for the pixel metrics, and "
+        "matched one-to-one with the predicted objects",
+    )
+    aoi: str | Path | None = option(
+        None, metavar="FILE", help="area where the truth polygons are complete (default: the image's valid area)"
+    )
+    truth_field: str | None = option(
+        None, metavar="NAME", help="attribute of the truth polygons naming their class (default: class 1)"
+    )
+    objects: bool = option(False, help="also score a raster truth by objects (its connected components)")
+    iou_threshold: float = option(0.5, help="IoU at which a predicted and a true object match (SpaceNet/RAMP)")
     ignore: tuple[int, ...] | None = option(
         None,
         parse=int_list,
@@ -81,5 +97,12 @@ def check_options(opts: EvaluateOptions) -> None:
             raise EvaluationError("pass the store's root group (or its path), not a sub-group")
     elif not Path(opts.store).exists():
         raise EvaluationError(f"prediction store not found: {opts.store}")
-    if not Path(opts.truth).exists():
-        raise EvaluationError(f"truth not found: {opts.truth}")
+    check(
+        (opts.truth is None) != (opts.truth_vectors is None),
+        "--truth",
+        "give a truth raster (--truth) or truth polygons (--truth-vectors), one of them",
+    )
+    check(0 < opts.iou_threshold <= 1, "--iou-threshold", f"must be in (0, 1], got {opts.iou_threshold}")
+    for what, path in (("truth", opts.truth), ("truth polygons", opts.truth_vectors), ("AOI", opts.aoi)):
+        if path is not None and not Path(path).exists():
+            raise EvaluationError(f"{what} not found: {path}")

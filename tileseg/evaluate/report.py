@@ -225,6 +225,10 @@ def markdown_report(result: dict[str, Any]) -> str:
         lines += _per_image_section(result)
     if result["unmatched_groups"] or result["ambiguous"] or result["unmatched_truth"]:
         lines += _not_evaluated_section(result)
+    if result.get("objects"):
+        from tileseg.evaluate.objects import markdown_section
+
+        lines += markdown_section(result["objects"])
     if result["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in result["warnings"]]
     lines += [
