@@ -70,6 +70,11 @@ def test_job_equals_in_memory_prediction_on_the_kampala_scene(ray_local, data_di
     assert group.attrs["complete"] is True
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["images"][0]["tiles_run"] == report.tiles_run > 0
+    phases = summary.phases
+    assert phases.plan > 0 and phases.startup > 0 and phases.run > 0 and phases.shutdown > 0
+    assert phases.plan + phases.startup + phases.run + phases.shutdown <= summary.seconds + 0.5
+    assert on_disk["phases"] == {"plan": phases.plan, "startup": phases.startup, "run": phases.run,
+                                 "shutdown": phases.shutdown}  # fmt: skip
 
 
 def test_uint16_with_alpha_and_reordered_bands(ray_local, data_dir, tiny_model_path, tmp_path):
