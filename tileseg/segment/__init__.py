@@ -60,8 +60,8 @@ def segment(options: SegmentOptions | None = None, /, **kwargs: Any) -> Summary:
     """
     if options is None:
         options = SegmentOptions(**kwargs)
-    elif kwargs:
-        raise TypeError("give either a SegmentOptions or keywords, not both")
+    elif kwargs or not isinstance(options, SegmentOptions):
+        raise TypeError("segment() takes one SegmentOptions, or its fields as keywords (inputs=..., out=...)")
     t0 = time.monotonic()
     job = resolve(options)  # every option checked: nothing touched yet
     prepare_store(job)

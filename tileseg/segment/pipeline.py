@@ -116,7 +116,8 @@ def run_stream(job: Resolved, plan: JobPlan, on_item: Callable[[WorkItem], str |
                 print(f"\nerror: {stopped}", file=sys.stderr)
         bar.show(final=True)
         running = time.time()
-    return StreamResult(stopped, start, min(ready or running, running), running, time.time())
+    ready = min(max(ready, start), running) if ready else running  # an actor's clock may be another node's
+    return StreamResult(stopped, start, ready, running, time.time())
 
 
 class Progress:
