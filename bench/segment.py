@@ -7,7 +7,7 @@ Kampala scene (and N x N mosaics of it, `--repeat`) twice on the SAME tiles:
   (the job's block plan's tiles, in plan order) and `TilePredictor` is called on them in batches of 16
   with the job actor's TF thread count; timed after model load and a warm-up call.  It runs in its own
   process before the job starts, so it sees the CPU as the job's actor does (no Ray running).
-* end-to-end: `tileseg.segment.segment(..., actors=1, progress=False)`, timed from call to return, so it
+* end-to-end: `tileseg.segment.segment(SegmentOptions(..., actors=1, progress=False))`, timed from call to return, so it
   includes Ray start, actor start (TF import, model load, graph trace), reading, stitching, writing and
   shutdown.
 * bare Ray: tileseg's embedded Ray started and stopped with no work, the floor of every job's wall time;
@@ -16,8 +16,8 @@ Kampala scene (and N x N mosaics of it, `--repeat`) twice on the SAME tiles:
 Ratio = end-to-end Mpx/s / model-only Mpx/s (the issue asks >= 0.9).  Because the fixed start-up is paid
 once per job, the steady-state ratio excludes it: start-up is measured by segmenting a one-tile crop
 with the same model (its wall time minus one model call).  Also reported: where the end-to-end time
-goes (driver-side timestamps of Ray init / pipeline / shutdown, taken by wrapping tileseg's driver
-classes at run time; the in-pipeline work seconds of summary.json), the non-model costs measured
+goes (the job's own phase timings, `Summary.phases`: plan, start-up = Ray and the first actor ready, run,
+shutdown; the in-pipeline work seconds of summary.json), the non-model costs measured
 outside Ray on the same blocks (read, stitch, write), and CPU seconds of both arms (all processes of
 the job summed), whose ratio is robust to other load on the machine while wall times are not.
 
@@ -41,6 +41,7 @@ arms R times per size and keeps the best of each.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -49,9 +50,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -72,6 +72,7 @@ MEAN, STD = [110.0, 105.0, 95.0], [55.0, 50.0, 50.0]
 CLASSES = ["background", "building"]
 GIB = 2**30
 MIB = 2**20
+PHASES = ("plan_s", "startup_s", "run_s", "shutdown_s", "work_s")  # the job's Summary.phases, and work seconds
 T = TypeVar("T")
 
 
@@ -158,7 +159,7 @@ def model_only(
 
     t0 = time.perf_counter()
     from tileseg.model import configure_tensorflow
-    from tileseg.predict import TilePredictor, segment_block
+    from tileseg.predict import TilePredictor, TilingSpec, segment_block
 
     configure_tensorflow(threads)
     import tensorflow as tf
@@ -191,7 +192,7 @@ def model_only(
     del per_block
 
     # The job's non-model work on the same blocks, one block in memory at a time.
-    settings = {"tile": TILE, "overlap": OVERLAP, "blend": "gaussian", "batch_size": batch_size}
+    tiling = TilingSpec(tile=TILE, overlap=OVERLAP, blend="gaussian", batch_size=batch_size)
     free = _FreePredictor(batch_size)
     out = os.path.join(work_dir, "components.zarr")
     store.create_store(out)
@@ -203,7 +204,7 @@ def model_only(
         px, valid = raster.read_window(image_path, b.read, bands=(1, 2, 3))
         read_s += time.perf_counter() - t
         t = time.perf_counter()
-        mask, _, _ = segment_block(free, px, valid, b, settings)
+        mask, _, _ = segment_block(free, px, valid, b, tiling)
         stitch_s += time.perf_counter() - t
         del px, valid
         t = time.perf_counter()
@@ -388,44 +389,6 @@ class ProcessSampler:
             self.peak_procs = sorted(rows, key=lambda r: -r[1])[:8]
 
 
-@contextmanager
-def job_timestamps() -> Iterator[dict[str, float]]:
-    """Timestamps (perf_counter) of the job's driver-side phases: Ray up/down, first and last finished block.
-
-    Wraps `tileseg.segment.RaySession` and `Progress` (driver-side classes) at run time; tileseg is not
-    changed and the job runs the same code.
-    """
-    import tileseg.segment as job
-
-    marks: dict[str, float] = {}
-    session_cls, progress_cls = job.RaySession, job.Progress
-
-    class TimedSession(session_cls):  # type: ignore[misc,valid-type]
-        def __enter__(self):  # noqa: ANN204 - same signature as the wrapped class
-            marks["ray_enter"] = time.perf_counter()
-            out = super().__enter__()
-            marks["ray_up"] = time.perf_counter()
-            return out
-
-        def __exit__(self, *exc: object) -> None:
-            marks["ray_exit"] = time.perf_counter()
-            super().__exit__(*exc)
-            marks["ray_down"] = time.perf_counter()
-
-    class TimedProgress(progress_cls):  # type: ignore[misc,valid-type]
-        def update(self, tiles_run: int, tiles_skipped: int) -> None:
-            now = time.perf_counter()
-            marks.setdefault("first_block", now)
-            marks["last_block"] = now
-            super().update(tiles_run, tiles_skipped)
-
-    job.RaySession, job.Progress = TimedSession, TimedProgress
-    try:
-        yield marks
-    finally:
-        job.RaySession, job.Progress = session_cls, progress_cls
-
-
 def job_threads(actors: int | None) -> tuple[int, int, float]:
     """(actors, TF threads per actor, CPUs per actor) as the job will compute them on an embedded Ray here."""
     from tileseg.segment import pool_size
@@ -453,39 +416,37 @@ def run_job(
     interval: float,
     memory: bool = True,
 ) -> dict[str, Any]:
-    """segment() one image with the sampler running; wall time from call to return and the phases."""
-    from tileseg.segment import segment
+    """segment() one image with the sampler running; wall time from call to return and the job's own phases."""
+    from tileseg.segment import SegmentOptions, segment
 
-    with job_timestamps() as marks, ProcessSampler(marker=marker, interval=interval, memory=memory) as sampler:
+    options = SegmentOptions(
+        inputs=[image],
+        out=out,
+        model=model,
+        tile=TILE,
+        overlap=OVERLAP,
+        blend="gaussian",
+        batch_size=batch_size,
+        actors=actors,
+        block=block,
+        chunk=chunk,
+        progress=False,
+    )
+    with ProcessSampler(marker=marker, interval=interval, memory=memory) as sampler:
         t_call = time.perf_counter()
-        summary = segment(
-            [image],
-            out,
-            model=model,
-            tile=TILE,
-            overlap=OVERLAP,
-            blend="gaussian",
-            batch_size=batch_size,
-            actors=actors,
-            block=block,
-            chunk=chunk,
-            progress=False,
-        )
+        summary = segment(options)
         t_return = time.perf_counter()
-    if not summary["ok"]:
-        raise RuntimeError(f"segment failed: {json.dumps(summary['images'], indent=1)}")
-    m = {k: v - t_call for k, v in marks.items()}
-    wall = t_return - t_call
+    if not summary.ok:
+        raise RuntimeError(f"segment failed: {summary.images}")
+    p = summary.phases
     return {
         "summary": summary,
-        "wall_s": wall,
-        "plan_s": m.get("ray_enter", 0.0),
-        "ray_init_s": m.get("ray_up", 0.0) - m.get("ray_enter", 0.0),
-        "first_block_s": m.get("first_block", 0.0) - m.get("ray_up", 0.0),
-        "pipeline_s": m.get("last_block", 0.0) - m.get("ray_up", 0.0),
-        "ray_shutdown_s": m.get("ray_down", 0.0) - m.get("ray_exit", 0.0),
-        "finish_s": wall - m.get("ray_down", wall),
-        "work_s": float(sum(r["seconds"] for r in summary["images"])),
+        "wall_s": t_return - t_call,
+        "plan_s": p.plan,
+        "startup_s": p.startup,
+        "run_s": p.run,
+        "shutdown_s": p.shutdown,
+        "work_s": float(sum(r.seconds for r in summary.images)),
         "cpu_s": sampler.cpu_s,
         "processes": sampler.pids_seen,
         "peak_pss": sampler.peak_pss,
@@ -549,7 +510,7 @@ def throughput(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         print(f"start-up probe: segment() of a one-tile crop ... (load {_load()})", flush=True)
         startup = run_job(probe, str(work / "probe.zarr"), model, **job)
         shutil.rmtree(work / "probe.zarr", ignore_errors=True)
-        print(f"  {startup['wall_s']:.1f} s (Ray init {startup['ray_init_s']:.1f} s)", flush=True)
+        print(f"  {startup['wall_s']:.1f} s (start-up {startup['startup_s']:.1f} s)", flush=True)
     rows: list[dict[str, Any]] = []
     for n in args.repeat:
         image = args.scene
@@ -577,9 +538,9 @@ def throughput(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             out = str(work / f"e2e_{n}.zarr")
             e2e = run_job(image, out, model, **job)
             shutil.rmtree(out, ignore_errors=True)
-            tiles_run = e2e["summary"]["totals"]["tiles_run"]
+            tiles_run = e2e["summary"].totals.tiles_run
             assert tiles_run == base["tiles"], f"job ran {tiles_run} tiles, model-only {base['tiles']}"
-            assert e2e["summary"]["totals"]["tiles_skipped"] == 0
+            assert e2e["summary"].totals.tiles_skipped == 0
             print(
                 f"{tag} end-to-end {e2e['wall_s']:.1f} s, ratio {base['model_s'] / e2e['wall_s']:.3f} (load {_load()})",
                 flush=True,
@@ -626,7 +587,7 @@ def _throughput_row(
         "mpx": mpx,
         "blocks": base["blocks"],
         "tiles": base["tiles"],
-        "tiles_run_job": e2e["summary"]["totals"]["tiles_run"],
+        "tiles_run_job": e2e["summary"].totals.tiles_run,
         "model_calls": base["calls"],
         "rounds": len(bases),
         "model_only_s": base["model_s"],
@@ -659,10 +620,7 @@ def _throughput_row(
             }
             for b, e in zip(bases, e2es, strict=True)
         ],
-        "phases": {
-            k: e2e[k]
-            for k in ("plan_s", "ray_init_s", "first_block_s", "pipeline_s", "ray_shutdown_s", "finish_s", "work_s")
-        },
+        "phases": {k: e2e[k] for k in PHASES},
         "components": {
             k: base[k] for k in ("tf_import_s", "model_load_s", "warmup_s", "read_s", "stitch_s", "write_s")
         },
@@ -671,9 +629,7 @@ def _throughput_row(
         "cpu_s_by_process": e2e["per_process"],  # (label, peak PSS (0: not read), peak RSS MiB, CPU s)
     }
     if startup:
-        row["startup_probe"] = {
-            k: startup[k] for k in ("wall_s", "cpu_s", "ray_init_s", "pipeline_s", "ray_shutdown_s")
-        }
+        row["startup_probe"] = {k: startup[k] for k in ("wall_s", "cpu_s", *PHASES)}
         row["startup_probe"]["cpu_s_by_process"] = startup["per_process"][:6]
     return row
 
@@ -712,7 +668,7 @@ def memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)
     if not args.keep:
         os.unlink(image)
-    totals = e2e["summary"]["totals"]
+    totals = dataclasses.asdict(e2e["summary"].totals)
     grid = TileGrid(args.size, args.size, TILE, OVERLAP)
     blocks = plan_blocks(args.size, args.size, tile=TILE, overlap=OVERLAP, block=args.block, chunk=args.chunk)
     peak = e2e["peak_pss"]
@@ -738,10 +694,7 @@ def memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "store_mib": store_bytes / MIB,
         "limit_gib": args.limit_gib,
         "ok": peak < args.limit_gib * GIB,
-        "phases": {
-            k: e2e[k]
-            for k in ("plan_s", "ray_init_s", "first_block_s", "pipeline_s", "ray_shutdown_s", "finish_s", "work_s")
-        },
+        "phases": {k: e2e[k] for k in PHASES},
         # (s, total PSS, summed RSS, object store resident) in MiB, every sample; PSS by process name every ~5 s
         "timeline": [(round(t, 1), round(p / MIB), round(r / MIB), round(s / MIB)) for t, p, r, s in e2e["samples"]],
         "timeline_by_process": _thin(e2e["by_label"], 5.0),
@@ -795,19 +748,18 @@ def print_throughput(rows: list[dict[str, Any]]) -> None:
         for r in rows:
             text = ", ".join(f"{a['model_only_s']:.1f}/{a['end_to_end_s']:.1f}" for a in r["all_rounds"])
             print(f"{r['width']}x{r['height']} rounds (model-only/end-to-end s): {text}")
-    print("\n== where the end-to-end time goes (s)")
+    print("\n== where the end-to-end time goes (s): the job's phases (Summary.phases)")
     print(
-        f"{'image':<11} {'plan':>5} {'ray init':>8} {'1st blk':>8} {'pipeline':>8} {'work':>7} {'shutdown':>8} "
-        f"{'finish':>6} | outside Ray: {'read':>5} {'stitch':>6} {'write':>5} {'tf imp':>6} {'load':>5} "
-        f"{'warm':>5} | cpu e2e/model"
+        f"{'image':<11} {'plan':>5} {'start-up':>8} {'run':>7} {'work':>7} {'shutdown':>8} | outside Ray: "
+        f"{'read':>5} {'stitch':>6} {'write':>5} {'tf imp':>6} {'load':>5} {'warm':>5} | cpu e2e/model"
     )
     for r in rows:
         p, c = r["phases"], r["components"]
         print(
-            f"{r['width']}x{r['height']:<6} {p['plan_s']:>5.1f} {p['ray_init_s']:>8.1f} {p['first_block_s']:>8.1f} "
-            f"{p['pipeline_s']:>8.1f} {p['work_s']:>7.1f} {p['ray_shutdown_s']:>8.1f} {p['finish_s']:>6.1f} | "
-            f"{'':>12} {c['read_s']:>5.2f} {c['stitch_s']:>6.2f} {c['write_s']:>5.2f} {c['tf_import_s']:>6.1f} "
-            f"{c['model_load_s']:>5.1f} {c['warmup_s']:>5.1f} | {r['end_to_end_cpu_s']:.0f}/{r['model_only_cpu_s']:.0f}"
+            f"{r['width']}x{r['height']:<6} {p['plan_s']:>5.1f} {p['startup_s']:>8.1f} {p['run_s']:>7.1f} "
+            f"{p['work_s']:>7.1f} {p['shutdown_s']:>8.1f} | {'':>12} {c['read_s']:>5.2f} {c['stitch_s']:>6.2f} "
+            f"{c['write_s']:>5.2f} {c['tf_import_s']:>6.1f} {c['model_load_s']:>5.1f} {c['warmup_s']:>5.1f} | "
+            f"{r['end_to_end_cpu_s']:.0f}/{r['model_only_cpu_s']:.0f}"
         )
     for r in rows:
         top = ", ".join(f"{label} {cpu:.1f}" for label, _, _, cpu in r["cpu_s_by_process"][:6])
@@ -821,9 +773,9 @@ def print_throughput(rows: list[dict[str, Any]]) -> None:
     if probe:
         top = ", ".join(f"{label} {cpu:.1f}" for label, _, _, cpu in probe["cpu_s_by_process"])
         print(
-            f"start-up probe (one-tile job): {probe['wall_s']:.1f} s wall, {probe['cpu_s']:.0f} CPU s; Ray init "
-            f"{probe['ray_init_s']:.1f} s, pipeline {probe['pipeline_s']:.1f} s, shutdown "
-            f"{probe['ray_shutdown_s']:.1f} s; CPU s by process: {top}"
+            f"start-up probe (one-tile job): {probe['wall_s']:.1f} s wall, {probe['cpu_s']:.0f} CPU s; plan "
+            f"{probe['plan_s']:.1f} s, start-up {probe['startup_s']:.1f} s, run {probe['run_s']:.1f} s, shutdown "
+            f"{probe['shutdown_s']:.1f} s; CPU s by process: {top}"
         )
 
 

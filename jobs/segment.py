@@ -1,8 +1,8 @@
 """Ray job entrypoint: `ray job submit --working-dir . -- python jobs/segment.py INPUT... --out STORE.zarr`.
 
-Connects to the cluster the job was submitted to (RAY_ADDRESS is set by `ray job submit`); run
-directly, it starts an embedded Ray like `tileseg segment`. Paths must be absolute or URIs, since the
-job runs in an unpacked copy of the working dir.
+The same options, parser and error handling as `tileseg segment` (tileseg.cli). Connects to the cluster
+the job was submitted to (RAY_ADDRESS is set by `ray job submit`); run directly, it starts an embedded
+Ray. Paths must be absolute or URIs, since the job runs in an unpacked copy of the working dir.
 """
 
 import sys
@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir's tileseg, if not installed
 
-from tileseg.segment import main  # noqa: E402
+from tileseg.cli import job_main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(job_main("segment"))

@@ -207,7 +207,7 @@ def test_worker_node_killed_mid_job(small_scene, expected, tiny_model_path, tmp_
     killer.start()
     try:
         summary = segment(
-            [str(small_scene)], out, model=tiny_model_path, block=512, chunk=512, actors=2,
+            inputs=[str(small_scene)], out=out, model=tiny_model_path, block=512, chunk=512, actors=2,
             gpus_per_actor=0.5, address=cluster.address, progress=False,
         )  # fmt: skip
     finally:
@@ -219,9 +219,9 @@ def test_worker_node_killed_mid_job(small_scene, expected, tiny_model_path, tmp_
         _kill_tree(None, tmp)
         shutil.rmtree(tmp, ignore_errors=True)
     assert done_at_kill and done_at_kill[0] < 6, "the node must die while blocks are still to do"
-    assert summary["ok"], summary["images"]
-    report = summary["images"][0]
-    assert report["blocks_run"] == report["blocks"] == 6
+    assert summary.ok, summary.images
+    report = summary.images[0]
+    assert report.blocks_run == report.blocks == 6
     np.testing.assert_array_equal(_mask(out, "kampala_crop"), expected)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from tileseg.grid import plan_blocks
 from tileseg.predict import NODATA, segment_block
-from tileseg.stitch import predict_block
+from tileseg.stitch import TilingSpec, predict_block
 
 
 class Classes:
@@ -26,6 +26,7 @@ class Classes:
 
 
 SETTINGS = {"tile": 256, "overlap": 64, "blend": "gaussian", "batch_size": 8}
+TILING = TilingSpec(**SETTINGS)
 
 
 def _block(side=1536, k=6, seed=0):
@@ -43,13 +44,13 @@ def test_mask_and_probabilities_match_the_blended_block():
     probs, _ = predict_block(pixels, valid, block, predictor, num_classes=6, fill=predictor.fill, **SETTINGS)
     r, rd = block.region, block.read
     rv = valid[r.row - rd.row : r.row - rd.row + r.height, r.col - rd.col : r.col - rd.col + r.width]
-    mask, probability, counts = segment_block(predictor, pixels, valid, block, {**SETTINGS, "probabilities": True})
+    mask, probability, counts = segment_block(predictor, pixels, valid, block, TILING, probabilities=True)
     expected = probs.argmax(-1).astype(np.uint8)
     expected[~rv] = NODATA
     np.testing.assert_array_equal(mask, expected)
     np.testing.assert_array_equal(probability, np.moveaxis(probs, -1, 0))
     assert len(np.unique(mask[rv])) == 6 and (mask[~rv] == NODATA).all()
-    mask2, none, counts2 = segment_block(predictor, pixels, None, block, SETTINGS)  # None: all valid
+    mask2, none, counts2 = segment_block(predictor, pixels, None, block, TILING)  # None: all valid
     assert none is None and counts2.skipped == 0 and counts.skipped > 0
     assert (mask2 != NODATA).all()
 
@@ -68,6 +69,6 @@ def test_a_mask_only_block_never_holds_its_probabilities():
     block, pixels, valid, predictor = _block(k=20)
     r = block.region
     whole = r.height * r.width * 20 * 4
-    mask_only = _peak(lambda: segment_block(predictor, pixels, valid, block, SETTINGS))
+    mask_only = _peak(lambda: segment_block(predictor, pixels, valid, block, TILING))
     held = _peak(lambda: predict_block(pixels, valid, block, predictor, num_classes=20, fill=0.0, **SETTINGS))
     assert held - mask_only > 0.9 * whole, (held, mask_only, whole)

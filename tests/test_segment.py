@@ -15,7 +15,7 @@ import zarr
 from tileseg import raster, store
 from tileseg.grid import TileGrid, Window
 from tileseg.predict import TilePredictor, to_mask
-from tileseg.segment import pool_size, segment
+from tileseg.segment import SegmentOptions, pool_size, segment
 from tileseg.stitch import predict_array
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,19 +42,21 @@ def test_job_equals_in_memory_prediction_on_the_kampala_scene(ray_local, data_di
     scene = _scene(data_dir)
     out = tmp_path / "scene.zarr"
     summary = segment(
-        [str(scene)],
-        out,
-        model=tiny_model_path,
-        block=1024,
-        chunk=512,
-        actors=2,
-        probabilities=True,
-        progress=False,
+        SegmentOptions(
+            inputs=[str(scene)],
+            out=out,
+            model=tiny_model_path,
+            block=1024,
+            chunk=512,
+            actors=2,
+            probabilities=True,
+            progress=False,
+        )
     )
-    assert summary["ok"], summary
-    report = summary["images"][0]
-    assert report["status"] == "done" and report["blocks"] == 6 and report["error"] is None
-    assert report["warning"] is None  # uint8 imagery, 8-bit model
+    assert summary.ok, summary
+    report = summary.images[0]
+    assert report.status == "done" and report.blocks == 6 and report.error is None
+    assert report.warning is None  # uint8 imagery, 8-bit model
 
     info = raster.open_info(str(scene))
     pixels, valid = raster.read_window(str(scene), Window(0, 0, info.height, info.width))
@@ -62,12 +64,17 @@ def test_job_equals_in_memory_prediction_on_the_kampala_scene(ray_local, data_di
     probs = predict_array(pixels, predictor, tile=256, overlap=64, blend="gaussian", valid=valid, fill=predictor.fill)
     expected = to_mask(probs, valid)
 
-    group = zarr.open_group(str(out), mode="r")[report["group"]]
+    group = zarr.open_group(str(out), mode="r")[report.group]
     np.testing.assert_array_equal(group["mask"][:], expected)
     np.testing.assert_allclose(group["probability"][:], np.moveaxis(probs, -1, 0), atol=1e-5)
     assert group.attrs["complete"] is True
     on_disk = json.loads((out / "summary.json").read_text())
-    assert on_disk["images"][0]["tiles_run"] == report["tiles_run"] > 0
+    assert on_disk["images"][0]["tiles_run"] == report.tiles_run > 0
+    phases = summary.phases
+    assert phases.plan > 0 and phases.startup > 0 and phases.run > 0 and phases.shutdown > 0
+    assert phases.plan + phases.startup + phases.run + phases.shutdown <= summary.seconds + 0.5
+    assert on_disk["phases"] == {"plan": phases.plan, "startup": phases.startup, "run": phases.run,
+                                 "shutdown": phases.shutdown}  # fmt: skip
 
 
 def test_uint16_with_alpha_and_reordered_bands(ray_local, data_dir, tiny_model_path, tmp_path):
@@ -76,20 +83,20 @@ def test_uint16_with_alpha_and_reordered_bands(ray_local, data_dir, tiny_model_p
     src = str(data_dir / "rasterio" / "RGBA.uint16.tif")
     out = tmp_path / "uint16.zarr"
     summary = segment(
-        [src], out, model=tiny_model_path, bands=(3, 2, 1), block=512, chunk=256, probabilities=True,
+        inputs=[src], out=out, model=tiny_model_path, bands=(3, 2, 1), block=512, chunk=256, probabilities=True,
         probability_dtype="uint8", progress=False,
     )  # fmt: skip
-    assert summary["ok"], summary
-    report = summary["images"][0]
-    assert report["blocks"] == 2 and report["tiles_skipped"] >= 0
-    assert "uint16 pixels" in report["warning"]  # values up to 10000, the model's normalisation is 8-bit
+    assert summary.ok, summary
+    report = summary.images[0]
+    assert report.blocks == 2 and report.tiles_skipped >= 0
+    assert "uint16 pixels" in report.warning  # values up to 10000, the model's normalisation is 8-bit
 
     info = raster.open_info(src)
     pixels, valid = raster.read_window(src, Window(0, 0, info.height, info.width), bands=(3, 2, 1))
     assert pixels.dtype == np.uint16 and 0.3 < valid.mean() < 0.7  # the alpha band's collar
     predictor = TilePredictor(tiny_model_path, batch_size=16)
     probs = predict_array(pixels, predictor, tile=256, overlap=64, blend="gaussian", valid=valid, fill=predictor.fill)
-    group = zarr.open_group(str(out), mode="r")[report["group"]]
+    group = zarr.open_group(str(out), mode="r")[report.group]
     mask = group["mask"][:]
     np.testing.assert_array_equal(mask, to_mask(probs, valid))
     assert (mask[~valid] == 255).all() and (mask[valid] != 255).all()
@@ -109,13 +116,13 @@ def test_bad_file_fails_alone(ray_local, data_dir, tiny_model_path, tmp_path):
     (src / "broken.tif").write_bytes(good[: len(good) // 3])
     (src / "notes.txt").write_text("not an image")
     out = tmp_path / "mixed.zarr"
-    summary = segment([str(src)], out, model=tiny_model_path, bands=(1, 1, 1), block=1024, progress=False)
-    by_name = {Path(r["path"]).name: r for r in summary["images"]}
-    assert not summary["ok"]
-    assert by_name["broken.tif"]["status"] == "failed" and "broken.tif" in by_name["broken.tif"]["error"]
-    assert by_name["shade.tif"]["status"] == "done"
-    assert by_name["rgb.tif"]["status"] == "done"
-    assert by_name["notes.txt"]["status"] == "skipped"
+    summary = segment(inputs=[str(src)], out=out, model=tiny_model_path, bands=(1, 1, 1), block=1024, progress=False)
+    by_name = {Path(r.path).name: r for r in summary.images}
+    assert not summary.ok
+    assert by_name["broken.tif"].status == "failed" and "broken.tif" in by_name["broken.tif"].error
+    assert by_name["shade.tif"].status == "done"
+    assert by_name["rgb.tif"].status == "done"
+    assert by_name["notes.txt"].status == "skipped"
     assert set(store.image_groups(str(out))) >= {"shade", "rgb"}
     rgb = zarr.open_group(str(out), mode="r")["rgb"]["mask"][:]
     assert (rgb == 255).any() and (rgb != 255).any()  # the nodata collar stays nodata
@@ -125,27 +132,29 @@ def test_sparse_scene_costs_in_proportion_to_valid_area(ray_local, data_dir, tin
     """RGB.byte.tif has a wide nodata collar: fully invalid tiles are skipped, counted and reported."""
     path = data_dir / "rasterio" / "RGB.byte.tif"
     out = tmp_path / "sparse.zarr"
-    summary = segment([str(path)], out, model=tiny_model_path, tile=64, overlap=16, block=1024, progress=False)
-    r = summary["images"][0]
-    assert r["status"] == "done"
-    assert r["tiles_skipped"] > 0 and r["tiles_run"] > 0
-    assert summary["totals"]["tiles_skipped"] == r["tiles_skipped"]
+    summary = segment(
+        inputs=[str(path)], out=out, model=tiny_model_path, tile=64, overlap=16, block=1024, progress=False
+    )
+    r = summary.images[0]
+    assert r.status == "done"
+    assert r.tiles_skipped > 0 and r.tiles_run > 0
+    assert summary.totals.tiles_skipped == r.tiles_skipped
     info = raster.open_info(str(path))
     _, valid = raster.read_window(str(path), Window(0, 0, info.height, info.width))
     grid = TileGrid(info.height, info.width, tile=64, overlap=16)
     touching_valid = sum(bool(valid[t.row : t.row + 64, t.col : t.col + 64].any()) for t in grid.tiles())
-    assert r["tiles_run"] == touching_valid  # exactly the tiles that see a valid pixel (one block: no repeats)
-    assert r["tiles_run"] + r["tiles_skipped"] == grid.count
+    assert r.tiles_run == touching_valid  # exactly the tiles that see a valid pixel (one block: no repeats)
+    assert r.tiles_run + r.tiles_skipped == grid.count
 
 
 def test_existing_store_needs_resume_or_overwrite(ray_local, data_dir, tiny_model_path, tmp_path):
     out = tmp_path / "twice.zarr"
-    args = ([str(data_dir / "rasterio" / "shade.tif")], out)
-    assert segment(*args, model=tiny_model_path, bands=(1, 1, 1), progress=False)["ok"]
+    args = dict(inputs=[str(data_dir / "rasterio" / "shade.tif")], out=out)
+    assert segment(**args, model=tiny_model_path, bands=(1, 1, 1), progress=False).ok
     with pytest.raises(FileExistsError, match="--resume"):
-        segment(*args, model=tiny_model_path, bands=(1, 1, 1), progress=False)
-    again = segment(*args, model=tiny_model_path, bands=(1, 1, 1), resume=True, progress=False)
-    assert again["ok"] and again["images"][0]["blocks_run"] == 0  # nothing left to do
+        segment(**args, model=tiny_model_path, bands=(1, 1, 1), progress=False)
+    again = segment(**args, model=tiny_model_path, bands=(1, 1, 1), resume=True, progress=False)
+    assert again.ok and again.images[0].blocks_run == 0  # nothing left to do
 
 
 def test_pool_size_never_claims_every_cpu():
@@ -179,17 +188,26 @@ def test_cluster_config_is_valid_against_rays_schema():
     assert any("tileseg" in cmd for cmd in config["setup_commands"])
 
 
+def _item(path: str, read: tuple[int, int, int, int]):
+    from tileseg.grid import Block
+    from tileseg.segment import WorkItem
+
+    return WorkItem(image=0, path=path, group="g", block=Block(0, Window(*read), Window(*read), (read[0],), (read[1],)))
+
+
 def test_read_stage_ships_valid_only_when_something_is_invalid(data_dir):
-    from tileseg.segment import read_stage
+    from tileseg.segment import read_block
 
     scene = str(data_dir / "kampala" / "scene" / "kampala_z21_image.tif")
-    inside = read_stage({"path": scene, "read": [100, 100, 512, 512]}, bands=[1, 2, 3])
-    assert inside["error"] == "" and inside["pixels"].shape == (512, 512, 3)
-    assert inside["valid"].size == 0  # every pixel valid: nothing to ship
-    edge = read_stage({"path": scene, "read": [-64, -64, 512, 512]}, bands=[1, 2, 3])
-    assert edge["valid"].shape == (512, 512) and not edge["valid"][:64].any() and edge["valid"][64:, 64:].all()
-    bad = read_stage({"path": str(data_dir / "nope.tif"), "read": [0, 0, 8, 8]}, bands=[1, 2, 3])
-    assert "nope.tif" in bad["error"] and bad["pixels"].size == 0
+    inside = read_block(_item(scene, (100, 100, 512, 512)), bands=[1, 2, 3])
+    assert inside.error == "" and inside.pixels.shape == (512, 512, 3)
+    assert inside.valid is None  # every pixel valid: nothing to ship
+    shipped = [v for v in inside.to_row().values() if isinstance(v, np.ndarray)]
+    assert sum(a.nbytes for a in shipped) == inside.pixels.nbytes  # the row carries the pixels and no mask
+    edge = read_block(_item(scene, (-64, -64, 512, 512)), bands=[1, 2, 3])
+    assert edge.valid.shape == (512, 512) and not edge.valid[:64].any() and edge.valid[64:, 64:].all()
+    bad = read_block(_item(str(data_dir / "nope.tif"), (0, 0, 8, 8)), bands=[1, 2, 3])
+    assert "nope.tif" in bad.error and bad.pixels is None
 
 
 def test_job_leaves_the_callers_ray_data_settings_alone(ray_local, data_dir, tiny_model_path, tmp_path):
@@ -201,8 +219,10 @@ def test_job_leaves_the_callers_ray_data_settings_alone(ray_local, data_dir, tin
     ctx.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(object_store_memory=12345678)
     try:
         image = data_dir / "kampala" / "scene" / "kampala_z21_image.tif"
-        summary = segment([str(image)], tmp_path / "out.zarr", model=tiny_model_path, block=2048, progress=False)
-        assert summary["ok"]
+        summary = segment(
+            inputs=[str(image)], out=tmp_path / "out.zarr", model=tiny_model_path, block=2048, progress=False
+        )
+        assert summary.ok
         assert ctx.enable_progress_bars is True
         assert ctx.execution_options.resource_limits.object_store_memory == 12345678
     finally:
@@ -242,10 +262,14 @@ def test_a_store_that_cannot_be_written_is_a_clear_error(data_dir, tiny_model_pa
 
 
 def test_range_warning_from_the_header():
+    from tileseg.artifact import ModelMeta
     from tileseg.segment import range_warning
 
-    eight_bit = {"mean": [110.0, 105.0, 95.0], "std": [55.0, 50.0, 50.0]}
-    sixteen_bit = {"mean": [1200.0, 1100.0, 900.0], "std": [400.0, 380.0, 350.0]}
+    def meta(mean, std):
+        return ModelMeta(classes=("a", "b"), bands=(1, 2, 3), mean=mean, std=std, tile=256, arch="unet")
+
+    eight_bit = meta((110.0, 105.0, 95.0), (55.0, 50.0, 50.0))
+    sixteen_bit = meta((1200.0, 1100.0, 900.0), (400.0, 380.0, 350.0))
     assert range_warning("uint8", eight_bit) is None
     assert "uint16 pixels" in range_warning("uint16", eight_bit) and "8-bit" in range_warning("uint16", eight_bit)
     assert range_warning("uint16", sixteen_bit) is None

@@ -27,6 +27,10 @@ class StoreError(TilesegError, ValueError):
     """A Zarr store that cannot be created, resumed or read as a tileseg store."""
 
 
+class StoreExistsError(StoreError, FileExistsError):
+    """The output store exists and neither resuming nor replacing it was asked for."""
+
+
 class DataError(TilesegError):
     """Training data that cannot be used (no pairs, mismatched grids, bad labels)."""
 

@@ -70,7 +70,7 @@ def flag_of(f: dataclasses.Field) -> str:
 
 def _help(f: dataclasses.Field) -> str:
     text = f.metadata["help"]
-    if f.default is _NO_DEFAULT or f.default is None or f.default is False or "default" in text:
+    if f.default is _NO_DEFAULT or f.default is None or isinstance(f.default, bool) or "default" in text:
         return text
     sep = " " if f.metadata.get("many") or (isinstance(f.default, tuple) and not f.metadata["parse"]) else ","
     shown = sep.join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
@@ -95,8 +95,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
             kw["nargs"] = "+" if typing.get_origin(base) is tuple else None
             parser.add_argument(f.name, **kw)
             continue
-        if base is bool:
-            kw["action"] = "store_true"
+        if base is bool:  # the flag turns the default over: --probabilities sets True, --quiet sets False
+            kw["action"] = "store_false" if f.default is True else "store_true"
         else:
             many = _many(f, base)
             item = typing.get_args(base)[0] if many and typing.get_origin(base) is tuple else base

@@ -1,25 +1,21 @@
-"""Model inference on tiles and blocks: the code that runs inside the Ray actors (and in notebooks).
+"""Model inference on tiles and blocks: what the segment job's actors run, usable in notebooks too.
 
 `TilePredictor` loads an artifact once and maps raw tiles to class probabilities with the artifact's
-own normalisation. `BlockPredictor` is the Ray Data actor: one block in, its blended mask out.
+own normalisation; `segment_block` turns one block's pixels into its mask. The Ray Data actor that
+wraps them is `tileseg.segment.actor.BlockPredictor`.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from tileseg.grid import Block, Window
+from tileseg.grid import Block
 from tileseg.mask import NODATA, to_mask
-from tileseg.stitch import predict_block
+from tileseg.stitch import TileCounts, TilingSpec
 
-__all__ = ["NODATA", "BlockPredictor", "TilePredictor", "block_from_row", "segment_block", "to_mask"]
+__all__ = ["NODATA", "TilePredictor", "TilingSpec", "segment_block", "to_mask"]
 
 
 class TilePredictor:
@@ -70,8 +66,10 @@ def segment_block(
     pixels: np.ndarray,
     valid: np.ndarray | None,
     block: Block,
-    settings: Mapping[str, Any],
-):
+    tiling: TilingSpec,
+    *,
+    probabilities: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None, TileCounts]:
     """Blend one block's tiles; return (mask, probabilities (K, h, w) or None, TileCounts).
 
     `valid` None means every pixel is valid. The mask is taken from the blended rows as they finish, so
@@ -80,7 +78,7 @@ def segment_block(
     r = block.region
     mask = np.empty((r.height, r.width), dtype=np.uint8)
     probability = None
-    if settings.get("probabilities"):
+    if probabilities:
         probability = np.empty((predictor.num_classes, r.height, r.width), dtype=np.float32)
 
     def sink(first: int, rows: np.ndarray) -> None:
@@ -88,104 +86,9 @@ def segment_block(
         if probability is not None:
             probability[:, first : first + len(rows)] = np.moveaxis(rows, -1, 0)
 
-    _, counts = predict_block(
-        pixels,
-        valid,
-        block,
-        predictor,
-        tile=settings["tile"],
-        overlap=settings["overlap"],
-        blend=settings["blend"],
-        batch_size=settings["batch_size"],
-        num_classes=predictor.num_classes,
-        fill=predictor.fill,
-        sink=sink,
+    _, counts = tiling.predict(
+        pixels, valid, block, predictor, num_classes=predictor.num_classes, fill=predictor.fill, sink=sink
     )
     if valid is not None:
         mask[~valid[block.region_in_read]] = NODATA
     return mask, probability, counts
-
-
-def block_from_row(row: Mapping[str, Any]) -> Block:
-    """Rebuild the Block value from a work item's plain fields."""
-    return Block(
-        index=int(row["block"]),
-        region=Window(*(int(v) for v in row["region"])),
-        read=Window(*(int(v) for v in row["read"])),
-        tile_rows=tuple(int(v) for v in row["tile_rows"]),
-        tile_cols=tuple(int(v) for v in row["tile_cols"]),
-    )
-
-
-class BlockPredictor:
-    """Ray Data actor: loads the model once, then turns each block's pixels into its mask.
-
-    The artifact travels as bytes through the object store, so worker nodes need no shared disk
-    for the model.
-    """
-
-    def __init__(
-        self, model_bytes: Any, settings: Mapping[str, Any], threads: int | None = None, model_name: str = "model"
-    ):
-        import ray
-
-        from tileseg.artifact import ArtifactError
-
-        if isinstance(model_bytes, ray.ObjectRef):
-            model_bytes = ray.get(model_bytes)
-        self.settings = dict(settings)
-        fd, path = tempfile.mkstemp(suffix=".keras", prefix="tileseg-model-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(model_bytes)
-        try:
-            self.predictor = TilePredictor(path, batch_size=settings["batch_size"], threads=threads)
-        except Exception as exc:  # the user knows their model by its own path, not by this copy's
-            raise ArtifactError(str(exc).replace(path, model_name)) from None
-        finally:
-            os.unlink(path)
-        self.predictor.trace(settings["tile"])  # the graph is ready before the first block arrives
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(batch["block"])
-        masks, probs, runs, skips, errors, seconds = [], [], [], [], [], []
-        for i in range(n):
-            row = {key: batch[key][i] for key in batch}
-            start = time.perf_counter()
-            mask = np.zeros((0, 0), np.uint8)
-            prob = np.zeros((0, 0, 0), np.float32)
-            run = skip = 0
-            error = str(row.get("error") or "")
-            if not error:
-                try:
-                    valid = row["valid"] if np.size(row["valid"]) else None  # empty: all valid (read_stage)
-                    mask, p, counts = segment_block(
-                        self.predictor, row["pixels"], valid, block_from_row(row), self.settings
-                    )
-                    if p is not None:
-                        prob = p
-                    run, skip = counts.run, counts.skipped
-                except Exception as exc:  # one bad block must not kill the job: report it
-                    error = f"{row['path']}: prediction failed: {type(exc).__name__}: {exc}"
-            masks.append(mask)
-            probs.append(prob)
-            runs.append(run)
-            skips.append(skip)
-            errors.append(error)
-            seconds.append(float(row.get("read_seconds", 0.0)) + time.perf_counter() - start)
-        out = {key: batch[key] for key in batch if key not in ("pixels", "valid")}
-        out.update(
-            mask=_object_array(masks),
-            probability=_object_array(probs),
-            tiles_run=np.asarray(runs, np.int64),
-            tiles_skipped=np.asarray(skips, np.int64),
-            error=np.asarray(errors, dtype=object),
-            seconds=np.asarray(seconds, np.float64),
-        )
-        return out
-
-
-def _object_array(items: list[np.ndarray]) -> np.ndarray:
-    arr = np.empty(len(items), dtype=object)
-    for i, item in enumerate(items):
-        arr[i] = item
-    return arr

@@ -45,6 +45,30 @@ class TileCounts:
         return TileCounts(self.run + other.run, self.skipped + other.skipped, self.grid + other.grid)
 
 
+@dataclass(frozen=True)
+class TilingSpec:
+    """How a job tiles and blends every block: tile side, overlap, blending window and tiles per model call.
+
+    A job fixes it once and hands it to whatever predicts its blocks; blocks carry only their geometry.
+    """
+
+    tile: int
+    overlap: int
+    blend: str = "gaussian"
+    batch_size: int = 16
+
+    def plan(self, height: int, width: int, *, block: int | None, chunk: int) -> list[Block]:
+        """The block plan of a height x width image on this tiling's global grid."""
+        return plan_blocks(height, width, tile=self.tile, overlap=self.overlap, block=block, chunk=chunk)
+
+    def predict(self, pixels: np.ndarray, valid: np.ndarray | None, block: Block, predict: Predict, **kw) -> tuple:
+        """`predict_block` with this tiling (`kw`: num_classes, fill, sink)."""
+        return predict_block(
+            pixels, valid, block, predict, tile=self.tile, overlap=self.overlap, blend=self.blend,
+            batch_size=self.batch_size, **kw,
+        )  # fmt: skip
+
+
 def _check_pixels(pixels: np.ndarray, valid: np.ndarray | None, read: Window) -> None:
     if pixels.ndim != 3 or pixels.shape[:2] != (read.height, read.width):
         raise ValueError(f"pixels {pixels.shape} must be (h, w, C) covering read window {read}")

@@ -1,0 +1,125 @@
+"""The segmentation job: images in, one georeferenced Zarr store out, on Ray (embedded or a cluster).
+
+Plan on the driver (discover inputs, read their headers, lay out blocks), then stream the blocks
+through Ray Data: read on CPU tasks, predict in an actor pool (GPUs when asked), write on CPU tasks.
+Each block writes whole chunks and then its completion flag, so blocks never collide, retries are
+idempotent and `--resume` redoes only blocks without a flag. The driver holds no pixels.
+
+    options.py   SegmentOptions (the CLI is generated from it) and their one check
+    plan.py      inputs -> per-image plans -> work items
+    work.py      the work item and its Ray Data row
+    stages.py    read / write tasks
+    actor.py     the model actor
+    pipeline.py  Ray Data streaming, actor pool, watchdog, progress
+    report.py    per-image reports, Summary, the printed table
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
+from typing import Any
+
+from tileseg import store
+from tileseg.jsonio import write_json
+from tileseg.options import Command
+from tileseg.ray_session import RaySession
+from tileseg.segment.options import DESCRIPTION, Resolved, SegmentOptions, resolve
+from tileseg.segment.pipeline import pool_size, run_stream
+from tileseg.segment.plan import JobPlan, plan_job, prepare_store, range_warning
+from tileseg.segment.report import ImageReport, Phases, Summary, print_summary
+from tileseg.segment.stages import read_block, read_stage, write_block, write_stage
+from tileseg.segment.work import WorkItem
+
+__all__ = [
+    "COMMAND",
+    "ImageReport",
+    "Phases",
+    "RaySession",
+    "SegmentOptions",
+    "Summary",
+    "WorkItem",
+    "main",
+    "pool_size",
+    "print_summary",
+    "range_warning",
+    "read_block",
+    "read_stage",
+    "run",
+    "segment",
+    "write_block",
+    "write_stage",
+]
+
+
+def segment(options: SegmentOptions | None = None, /, **kwargs: Any) -> Summary:
+    """Segment the inputs into one Zarr store; return the Summary (also written as summary.json).
+
+    `segment(SegmentOptions(inputs=..., out=...))`, or the same fields as keywords.
+    """
+    if options is None:
+        options = SegmentOptions(**kwargs)
+    elif kwargs or not isinstance(options, SegmentOptions):
+        raise TypeError("segment() takes one SegmentOptions, or its fields as keywords (inputs=..., out=...)")
+    t0 = time.monotonic()
+    job = resolve(options)  # every option checked: nothing touched yet
+    prepare_store(job)
+    plan = plan_job(job)
+    reports = [ImageReport.planned(p) for p in plan.images]
+    plan_s = time.monotonic() - t0
+    stopped, phases = None, Phases(plan=plan_s)
+    if plan.items and not (options.fail_fast and any(r.status == "failed" for r in reports)):
+        stopped, phases = _run(job, plan, reports, plan_s)
+    t_finish = time.monotonic()
+    _finish(job, reports, stopped)
+    phases = Phases(phases.plan, phases.startup, phases.run, phases.shutdown + time.monotonic() - t_finish)
+    skipped = [ImageReport(path=p, status="skipped", error=why) for p, why in plan.skipped]
+    summary = Summary.of(job.out, reports, skipped, time.monotonic() - t0, job.settings(), job.model_identity(), phases)
+    write_json(f"{job.out}/summary.json", summary.to_dict())
+    if options.progress:
+        print_summary(summary)
+    return summary
+
+
+def _run(job: Resolved, plan: JobPlan, reports: list[ImageReport], plan_s: float) -> tuple[str | None, Phases]:
+    """Stream the plan on Ray, folding finished blocks into `reports`; (why it stopped early, phases)."""
+
+    def fold(item: WorkItem) -> str | None:
+        reports[item.image].add(item)
+        if item.error and job.options.fail_fast:
+            return f"stopped by --fail-fast: {item.error}"
+        return None
+
+    s = run_stream(job, plan, fold)
+    return s.stopped, Phases(plan_s, s.ready - s.start, s.running - s.ready, s.end - s.running)
+
+
+def _finish(job: Resolved, reports: list[ImageReport], stopped: str | None) -> None:
+    """Each planned image's final status; a complete one is marked finished in the store."""
+    for report in reports:
+        if report.status == "failed" or report.group is None:
+            continue
+        missing = report.blocks - len(store.done_blocks(job.out, report.group))
+        if report.errors:
+            report.status, report.error = "failed", report.errors[0]
+        elif missing:
+            report.status, report.error = "failed", stopped or f"{missing} blocks not written"
+        else:
+            report.status = "done"
+            store.finish_image(job.out, report.group, asdict(report.result()))
+
+
+def run(options: SegmentOptions) -> int:
+    """The CLI's entry: 0 when every image was segmented, 1 otherwise (errors raise TilesegError)."""
+    return 0 if segment(options).ok else 1
+
+
+COMMAND = Command("segment", "segment images into a Zarr store on Ray", SegmentOptions, run, DESCRIPTION)
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    """`tileseg segment ARGS` (also `python -m tileseg.segment` and jobs/segment.py)."""
+    from tileseg.cli import job_main
+
+    return job_main("segment", None if argv is None else list(argv))

@@ -1,0 +1,233 @@
+"""The Ray side of the job: size the actor pool, stream the work items through Ray Data, watch for stalls.
+
+read (CPU tasks) -> predict (the actor pool, GPUs when present) -> write (CPU tasks), with reading at
+most about two blocks per actor ahead of the model. The driver folds each finished item into the
+image reports as it arrives and keeps one live progress line.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from tileseg.ray_session import RaySession
+from tileseg.segment.actor import ActorPlan, BlockPredictor
+from tileseg.segment.options import Resolved
+from tileseg.segment.plan import JobPlan
+from tileseg.segment.stages import read_stage, write_stage
+from tileseg.segment.work import WorkItem
+
+# One environment for every stage's workers: quiet TF, and a bounded GDAL block cache (GDAL's default,
+# 5% of RAM per process, would let each reader grow by gigabytes on big machines).
+WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "GDAL_CACHEMAX": "256"}
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """How the stream ended (None: every item came back) and when (time.time()) its phases began and ended."""
+
+    stopped: str | None
+    start: float  # Ray session requested
+    ready: float  # the first actor had its model loaded (= `running` when no item came back)
+    running: float  # the last item came back (or the stream stopped)
+    end: float  # Ray is shut down
+
+
+def pool_size(
+    actors: int | None, gpus_per_actor: float | None, resources: Mapping[str, float]
+) -> tuple[int, float, float, int]:
+    """(actors, GPUs per actor, CPUs per actor, TF threads) from the options and the cluster's resources.
+
+    Actors never claim every CPU: the read and write tasks must always find one, or the job would
+    wait forever.
+    """
+    cpus = float(resources.get("CPU", 1))
+    gpus = float(resources.get("GPU", 0))
+    if gpus_per_actor is None:
+        gpus_per_actor = 1.0 if gpus >= 1 else (gpus if gpus > 0 else 0.0)
+    if gpus_per_actor > 0:
+        if actors is None:
+            actors = max(1, int(gpus // gpus_per_actor))
+    elif actors is None:
+        actors = max(1, int(cpus // 8))  # on CPU, a few wide actors beat many narrow ones
+    spare = max(cpus - 1.0, 0.5)  # keep one CPU for reading and writing
+    cpus_per_actor = max(min(spare / actors, 8.0), 0.25)
+    threads = max(1, int(round(cpus / actors)))
+    return int(actors), float(gpus_per_actor), cpus_per_actor, threads
+
+
+def run_stream(job: Resolved, plan: JobPlan, on_item: Callable[[WorkItem], str | None]) -> StreamResult:
+    """Stream the plan's items through read -> predict -> write on Ray; `on_item` gets each finished item
+    and returns a reason to stop (--fail-fast) or None. Ray starts here and is shut down before returning."""
+    import ray
+
+    o = job.options
+    start = time.time()
+    ready = running = 0.0
+    stopped = None
+    with RaySession(o.address, o.num_cpus, worker_env=WORKER_ENV) as session:
+        n_actors, gpus, cpus, threads = pool_size(o.actors, o.gpus_per_actor, ray.cluster_resources())
+        # Streaming, not flooding: about two blocks per actor in flight (read, queued or being written), so
+        # memory stays a few blocks deep however large the input (Ray Data would otherwise read far ahead).
+        budget = plan.block_bytes * (2 * n_actors + 2)
+        actor_plan = ActorPlan(job.tiling, o.probabilities, threads, str(job.model_path))
+        bar = Progress(len(plan.items), plan.tiles, enabled=o.progress)
+        with _data_context(budget), Watchdog(o.stall_timeout) as dog:
+            env = session.runtime_env  # None on an embedded Ray: its workers already have worker_env
+            ds = (
+                ray.data.from_items([item.to_row() for item in plan.items], override_num_blocks=len(plan.items))
+                .map(read_stage, fn_kwargs={"bands": list(job.bands)}, num_cpus=0.5, runtime_env=env)
+                .map_batches(
+                    BlockPredictor,
+                    fn_constructor_args=(ray.put(job.model_path.read_bytes()), actor_plan),
+                    batch_size=1,
+                    batch_format="numpy",
+                    compute=ray.data.ActorPoolStrategy(size=n_actors),
+                    num_cpus=cpus,
+                    num_gpus=gpus or None,  # Ray Data restarts dead actors and retries their blocks
+                    runtime_env=env,
+                )
+                .map(write_stage, fn_kwargs={"out": job.out}, num_cpus=0.5, runtime_env=env)
+            )
+            try:
+                for row in ds.iter_rows():
+                    dog.beat()
+                    item = WorkItem.from_row(row)
+                    if item.actor_ready:
+                        ready = min(ready or item.actor_ready, item.actor_ready)
+                    stopped = on_item(item)
+                    if stopped:
+                        break
+                    bar.update(item.tiles_run, item.tiles_skipped)
+            except KeyboardInterrupt:
+                if not dog.fired:
+                    raise
+                stopped = f"no block finished for {o.stall_timeout:.0f} s: the job was stopped (see Ray logs)"
+                print(f"\nerror: {stopped}", file=sys.stderr)
+            except Exception as exc:  # noqa: BLE001 - Ray Data gave up (a model that cannot load, actors that
+                # keep dying): blocks already written stay, and every image still gets its status.
+                stopped = f"the job stopped: {_brief(exc)}"
+                print(f"\nerror: {stopped}", file=sys.stderr)
+        bar.show(final=True)
+        running = time.time()
+    ready = min(max(ready, start), running) if ready else running  # an actor's clock may be another node's
+    return StreamResult(stopped, start, ready, running, time.time())
+
+
+class Progress:
+    """One live line on a terminal (a line every 10 s otherwise): blocks, tiles, tiles/s, ETA."""
+
+    def __init__(self, blocks: int, tiles: int, enabled: bool = True):
+        self.blocks, self.tiles = blocks, tiles
+        self.done_blocks = self.done_tiles = self.run_tiles = 0
+        self.start = time.monotonic()
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.last_print = 0.0
+        self.last_line = ""
+
+    def update(self, tiles_run: int, tiles_skipped: int) -> None:
+        self.done_blocks += 1
+        self.run_tiles += tiles_run
+        self.done_tiles += tiles_run + tiles_skipped
+        self.show()
+
+    def show(self, final: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not (final or self.tty or now - self.last_print >= 10):
+            return
+        self.last_print = now
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.run_tiles / elapsed
+        frac = self.done_tiles / self.tiles if self.tiles else 1.0
+        eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
+        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "--:--:--"
+        width = 24
+        bar = "#" * int(width * frac) + "-" * (width - int(width * frac))
+        line = (
+            f"[{bar}] blocks {self.done_blocks}/{self.blocks}  tiles {self.done_tiles}/{self.tiles}  "
+            f"{rate:.1f} tiles/s  ETA {eta_text}"
+        )
+        if line == self.last_line and not self.tty:
+            return
+        self.last_line = line
+        end = "\n" if final or not self.tty else ""
+        print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
+
+
+class Watchdog:
+    """Interrupt the driver when no block has finished for `timeout` seconds: fail loudly, never hang."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.last = time.monotonic()
+        self.fired = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> Watchdog:
+        if self.timeout and self.timeout > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+
+    def _watch(self) -> None:
+        import _thread
+
+        while not self._stop.wait(1.0):
+            if time.monotonic() - self.last > self.timeout:
+                self.fired = True
+                _thread.interrupt_main()
+                return
+
+
+@contextmanager
+def _data_context(object_store_budget: int) -> Iterator[None]:
+    """Ray Data settings for one job (our progress line instead of Ray Data's, the read-ahead budget),
+    put back afterwards so that a caller's own Ray Data work keeps its own."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    quiet = dict(
+        enable_progress_bars=False,
+        enable_operator_progress_bars=False,
+        print_on_execution_start=False,
+        verbose_stats_logs=False,
+    )
+    saved = {k: getattr(ctx, k) for k in quiet}
+    saved_limits = ctx.execution_options.resource_limits
+    logger = logging.getLogger("ray.data")
+    saved_level = logger.level
+    for k, v in quiet.items():
+        setattr(ctx, k, v)
+    ctx.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
+        object_store_memory=object_store_budget
+    )
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(ctx, k, v)
+        ctx.execution_options.resource_limits = saved_limits
+        logger.setLevel(saved_level)
+
+
+def _brief(exc: BaseException) -> str:
+    """The line of a (Ray-wrapped) exception that says what went wrong: its last, after any traceback."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(exc).__name__
+    return text if len(text) <= 500 else text[:497] + "..."

@@ -1,0 +1,146 @@
+"""Planning on the driver, from headers only: the store, then per image its group and its blocks.
+
+A bad file fails alone, here, before any work is queued. The plan's work items carry a block's
+geometry only; the tiling they were planned with travels separately, once (`Resolved.tiling`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tileseg import raster, store
+from tileseg.artifact import ModelMeta
+from tileseg.errors import RasterError, StoreError
+from tileseg.grid import Block
+from tileseg.segment.options import Resolved
+from tileseg.segment.work import WorkItem
+from tileseg.uri import absolute
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """One discovered image: its group and blocks (those still to do), or why it cannot be segmented."""
+
+    path: str
+    group: str | None = None
+    blocks: int = 0
+    todo: tuple[Block, ...] = ()
+    resumed: int = 0
+    warning: str | None = None
+    error: str | None = None
+    block_bytes: int = 0  # what its largest block weighs in the object store (pixels in, results out)
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """Every image's plan (in input order), the inputs skipped as not images, and the work items."""
+
+    images: tuple[ImagePlan, ...]
+    skipped: tuple[tuple[str, str], ...]
+    items: tuple[WorkItem, ...]
+
+    @property
+    def block_bytes(self) -> int:
+        """The heaviest block of the run, in bytes: what bounds how far reading may run ahead."""
+        return max((p.block_bytes for p in self.images if p.todo), default=0)
+
+    @property
+    def tiles(self) -> int:
+        return sum(item.block.tile_count for item in self.items)
+
+
+def range_warning(dtype: str, meta: ModelMeta) -> str | None:
+    """Why an image's pixel type looks unlike the model's training data, or None.
+
+    Judged from the header alone: the model's normalisation says whether it was trained on 8-bit data
+    (every band's mean + 3 std under 1.5 x 255), and an integer type says whether the image is 8-bit. A
+    uint16 scene given to an 8-bit model (or the reverse) runs, but its predictions mean little.
+    """
+    kind = np.dtype(dtype)
+    if kind.kind not in "iu":
+        return None  # floats can hold anything: nothing to tell from the header
+    model_8bit = meta.trained_on_8bit
+    if model_8bit == (kind.itemsize == 1):
+        return None
+    norm = ", ".join(f"{m:.0f}" for m in meta.mean)
+    if model_8bit:
+        return (
+            f"{kind.name} pixels, but the model was trained on 8-bit data (band means {norm}); unless its "
+            "values are 0-255, rescale the image or train a model on such data"
+        )
+    return f"8-bit pixels, but the model was trained on wider data (band means {norm}); predictions may mean little"
+
+
+def prepare_store(job: Resolved) -> None:
+    """Replace the store when asked (`--overwrite`), then create it (or open it to resume)."""
+    o = job.options
+    try:
+        if o.overwrite and not o.resume and Path(job.out).exists():
+            shutil.rmtree(job.out)
+        store.create_store(job.out, {"settings": job.settings(), "model": job.model_identity()})
+    except OSError as exc:  # a file in the way, no permission
+        raise StoreError(f"cannot write {job.out}: {exc}") from None
+
+
+def plan_job(job: Resolved) -> JobPlan:
+    """Discover the inputs and plan every image (creating its group); with --fail-fast stop at the first failure."""
+    paths, skipped = raster.discover(list(job.options.inputs))
+    taken: set[str] = set()  # names follow the sorted inputs, so a resumed run maps paths to the same groups
+    images: list[ImagePlan] = []
+    items: list[WorkItem] = []
+    for path in (absolute(p) for p in paths):  # workers (and the store's records) need paths that work anywhere
+        plan = plan_image(job, path, taken)
+        images.append(plan)
+        if plan.error and job.options.fail_fast:
+            break
+        index = len(images) - 1
+        items.extend(WorkItem(image=index, path=path, group=plan.group, block=b) for b in plan.todo)
+    return JobPlan(tuple(images), tuple(skipped), tuple(items))
+
+
+def plan_image(job: Resolved, path: str, taken: set[str]) -> ImagePlan:
+    """One image's group (created in the store) and its blocks not yet done; a failure becomes its error."""
+    o = job.options
+    warning = None
+    try:
+        info = raster.open_info(path)
+        raster.check_bands(info, job.bands)
+        warning = range_warning(info.dtype, job.meta)
+        if warning and o.progress:
+            print(f"warning: {path}: {warning}", file=sys.stderr)
+        name = store.group_name(path, taken)
+        taken.add(name)
+        blocks = job.tiling.plan(info.height, info.width, block=o.block, chunk=o.chunk)
+        store.create_image_group(
+            job.out,
+            name,
+            info,
+            classes=job.meta.classes,
+            chunk=o.chunk,
+            num_blocks=len(blocks),
+            probabilities=o.probabilities,
+            probability_dtype=o.probability_dtype,
+            attrs={"settings": job.settings(), "model": job.model_identity()},
+        )
+    except (RasterError, StoreError, ValueError) as exc:
+        return ImagePlan(path=path, warning=warning, error=str(exc))
+    done = store.done_blocks(job.out, name) if o.resume else set()
+    # A block's pixels and valid mask in, its mask (and float32 probabilities) out.
+    pixel_bytes = len(job.bands) * np.dtype(info.dtype).itemsize + 1
+    out_bytes = 1 + (4 * job.meta.num_classes if o.probabilities else 0)
+    todo = tuple(b for b in blocks if b.index not in done)
+    weights = (b.read.height * b.read.width * pixel_bytes + b.region.height * b.region.width * out_bytes for b in todo)
+    return ImagePlan(
+        path=path,
+        group=name,
+        blocks=len(blocks),
+        todo=todo,
+        resumed=len(done),
+        warning=warning,
+        block_bytes=max(weights, default=0),
+    )

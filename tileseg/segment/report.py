@@ -1,0 +1,154 @@
+"""What a run did: per-image reports folded from finished work items, the typed Summary, the printed table.
+
+`Summary` is what `segment()` returns and what summary.json holds (`Summary.to_dict`), with the run's
+phase timings (plan, startup = Ray and actors ready, run, shutdown).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tileseg.segment.plan import ImagePlan
+from tileseg.segment.work import WorkItem
+
+
+@dataclass
+class ImageReport:
+    """What happened to one input image so far (mutable while the run folds its blocks in)."""
+
+    path: str
+    group: str | None = None
+    status: str = "pending"  # done | failed | skipped | pending
+    blocks: int = 0
+    blocks_run: int = 0
+    blocks_resumed: int = 0
+    tiles_run: int = 0
+    tiles_skipped: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    warning: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @classmethod
+    def planned(cls, plan: ImagePlan) -> ImageReport:
+        """The report of a planned image (failed already if planning failed)."""
+        status = "failed" if plan.error else "pending"
+        return cls(
+            path=plan.path, group=plan.group, status=status, blocks=plan.blocks, blocks_resumed=plan.resumed,
+            error=plan.error, warning=plan.warning,
+        )  # fmt: skip
+
+    def add(self, item: WorkItem) -> None:
+        """Fold one finished block in."""
+        self.blocks_run += 1
+        self.tiles_run += item.tiles_run
+        self.tiles_skipped += item.tiles_skipped
+        self.seconds += item.seconds
+        if item.error:
+            self.errors.append(item.error)
+
+    def result(self) -> ImageResult:
+        d = asdict(self)
+        d.pop("errors")
+        d["seconds"] = round(d["seconds"], 3)
+        return ImageResult(**d)
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One entry of summary.json's `images`."""
+
+    path: str
+    group: str | None
+    status: str
+    blocks: int
+    blocks_run: int
+    blocks_resumed: int
+    tiles_run: int
+    tiles_skipped: int
+    seconds: float
+    error: str | None
+    warning: str | None
+
+
+@dataclass(frozen=True)
+class Totals:
+    images: int
+    done: int
+    failed: int
+    skipped: int
+    tiles_run: int
+    tiles_skipped: int
+
+
+@dataclass(frozen=True)
+class Phases:
+    """Wall seconds of the run's phases: planning (model, store, headers), startup (Ray up and the first
+    actor's model loaded), run (until the last block came back), shutdown (Ray down, images finished)."""
+
+    plan: float = 0.0
+    startup: float = 0.0
+    run: float = 0.0
+    shutdown: float = 0.0
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What `segment()` returns and summary.json records."""
+
+    store: str
+    ok: bool
+    seconds: float
+    settings: Mapping[str, Any]
+    model: Mapping[str, Any]
+    images: tuple[ImageResult, ...]
+    totals: Totals
+    phases: Phases
+
+    @classmethod
+    def of(cls, store: str, reports: list[ImageReport], skipped: list[ImageReport], seconds: float,
+           settings: Mapping[str, Any], model: Mapping[str, Any], phases: Phases) -> Summary:  # fmt: skip
+        """The summary of the images' reports (discovered images first, then inputs skipped as not images)."""
+        totals = Totals(
+            images=len(reports),
+            done=sum(r.status == "done" for r in reports),
+            failed=sum(r.status == "failed" for r in reports),
+            skipped=len(skipped),
+            tiles_run=sum(r.tiles_run for r in reports),
+            tiles_skipped=sum(r.tiles_skipped for r in reports),
+        )
+        ok = bool(reports) and all(r.status == "done" for r in reports)
+        images = tuple(r.result() for r in reports + skipped)
+        return cls(store, ok, round(seconds, 3), dict(settings), dict(model), images, totals, phases)
+
+    def to_dict(self) -> dict[str, Any]:
+        """summary.json's content."""
+        return asdict(self)
+
+
+def print_summary(summary: Summary) -> None:
+    """A table of what happened per image, and where the result is."""
+    rows = summary.images
+    width = max([len(Path(r.path).name) for r in rows] + [5])
+    print(f"\n{'image':<{width}}  {'status':<7} {'tiles run':>9} {'skipped':>8} {'seconds':>8}  error / warning")
+    for r in rows:
+        err = (r.error or (f"warning: {r.warning}" if r.warning else ""))[:100]
+        print(
+            f"{Path(r.path).name:<{width}}  {r.status:<7} {r.tiles_run:>9} {r.tiles_skipped:>8} "
+            f"{r.seconds:>8.1f}  {err}"
+        )
+    t, p = summary.totals, summary.phases
+    print(
+        f"\n{t.done} of {t.images} images segmented ({t.failed} failed, {t.skipped} skipped) "
+        f"in {summary.seconds:.1f} s -> {summary.store}"
+    )
+    print(f"phases: plan {p.plan:.1f} s, start-up {p.startup:.1f} s, run {p.run:.1f} s, shutdown {p.shutdown:.1f} s")
+    done = [r for r in rows if r.status == "done"]
+    if done:
+        print("Open it with:")
+        opener = f"import xarray as xr; print(xr.open_zarr('{summary.store}', group='{done[0].group}'))"
+        print(f'  python -c "{opener}"')
+        print(f"  tileseg export {summary.store} --cog out/cog   # Cloud-Optimized GeoTIFFs for QGIS/GDAL")
