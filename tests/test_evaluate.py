@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -598,19 +597,17 @@ def test_ray_scheduler_gives_the_same_counts(tmp_path: Path, small_tasks: None) 
 
 
 def test_command_line_prints_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`add_arguments` + `run_from_args` (what `tileseg evaluate` wires up): table printed, exit 0 / 2."""
+    """`tileseg evaluate`: table printed, exit 0; a missing truth is one line, exit 2."""
     truth, pred = synthetic_pair(2, (64, 64))
     transform = from_origin(500000, 40000, 0.5, 0.5)
     store = tmp_path / "run.zarr"
     write_store(store, "scene", pred, crs=UTM, transform=transform, classes=CLASSES)
     tif = write_tif(tmp_path / "scene.tif", truth, crs=UTM, transform=transform)
-    parser = argparse.ArgumentParser()
-    ev.add_arguments(parser)
-    args = parser.parse_args([str(store), "--truth", str(tif), "--out", str(tmp_path / "o"), "--no-quicklooks"])
-    assert ev.run_from_args(args) == 0
+    from tileseg.cli import main
+
+    assert main(["evaluate", str(store), "--truth", str(tif), "--out", str(tmp_path / "o"), "--no-quicklooks"]) == 0
     assert "| building |" in capsys.readouterr().out
-    args = parser.parse_args([str(store), "--truth", str(tmp_path / "missing.tif")])
-    assert ev.run_from_args(args) == 2
+    assert main(["evaluate", str(store), "--truth", str(tmp_path / "missing.tif")]) == 2
     assert "truth not found" in capsys.readouterr().err
 
 

@@ -103,20 +103,8 @@ def build_parser(prog: str = "tileseg") -> argparse.ArgumentParser:
         prog=prog, description="Segment huge georeferenced images with an attention U-Net on Ray."
     )
     sub = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
-    sub_ = sub
-    for name in ("info", *JOB_MODULES, "export"):
-        if name == "info":
-            add_command(sub_, INFO)
-        elif name == "export":
-            add_command(sub_, EXPORT)
-        else:
-            module = importlib.import_module(name)
-            if hasattr(module, "COMMAND"):
-                add_command(sub_, module.COMMAND)
-            else:  # TRANSITIONAL: a job not yet moved to COMMAND
-                p = sub_.add_parser(name.split(".")[-1], help=(module.__doc__ or "").splitlines()[0])
-                module.add_arguments(p)
-                p.set_defaults(command=None, legacy=module.run_from_args)
+    for cmd in commands():
+        add_command(sub, cmd)
     return parser
 
 
@@ -124,8 +112,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `tileseg COMMAND ...`; tileseg's errors become one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
     cmd: Command = args.command
-    if cmd is None:  # TRANSITIONAL
-        return int(args.legacy(args) or 0)
     try:
         return int(cmd.run(from_args(cmd.options, args)) or 0)
     except TilesegError as exc:

@@ -16,8 +16,6 @@ One run is plan -> compute -> report:
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -28,7 +26,7 @@ from typing import Any
 import zarr
 
 from tileseg import store as tstore
-from tileseg.errors import EvaluationError, TilesegError
+from tileseg.errors import EvaluationError
 from tileseg.evaluate.confusion import MaskHandle, compute_counts, confusion_graph
 from tileseg.evaluate.objects import rasterize_truth, score_objects, truth_polygons_from_raster
 from tileseg.evaluate.options import DEFAULT_IGNORE, EvaluateOptions, check_options
@@ -44,7 +42,7 @@ from tileseg.evaluate.plan import EvaluationPlan, ImagePlan, TruthPlan, _default
 from tileseg.evaluate.report import Scores, confusion_metrics, markdown_report, score
 from tileseg.evaluate.truth import TruthSource, match_truth, plan_truth
 from tileseg.jsonio import write_json
-from tileseg.options import Command, add_options, from_args
+from tileseg.options import Command
 
 __all__ = [
     "COMMAND",
@@ -58,7 +56,6 @@ __all__ = [
     "MaskHandle",
     "TruthPlan",
     "TruthSource",
-    "add_arguments",
     "class_palette",
     "confusion_graph",
     "confusion_metrics",
@@ -71,7 +68,6 @@ __all__ = [
     "plot_confusion",
     "render_quicklook",
     "run",
-    "run_from_args",
     "write_quicklook",
 ]
 
@@ -205,18 +201,3 @@ COMMAND = Command(
         "neighbour); writes metrics.json, metrics.md, confusion_matrix.png and a quicklook PNG per image."
     ),
 )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `tileseg evaluate` on a parser of one's own (generated from EvaluateOptions)."""
-    add_options(parser, EvaluateOptions)
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """`run` from parsed options, for parsers built with `add_arguments`: exit status 2 and one line
-    on stderr for anything tileseg refuses, as `tileseg evaluate` does."""
-    try:
-        return run(from_args(EvaluateOptions, args))
-    except TilesegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
