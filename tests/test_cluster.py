@@ -258,7 +258,7 @@ def test_driver_killed_then_resumed(small_scene, expected, tiny_model_path, tmp_
         _kill_tree(None, tmp)
         shutil.rmtree(tmp, ignore_errors=True)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / ".tileseg" / "summary.json").read_text())
     report = summary["images"][0]
     assert report["blocks_resumed"] == len(done_before)
     assert report["blocks_run"] == 6 - len(done_before)

@@ -13,6 +13,7 @@ import pytest
 import zarr
 
 from tileseg import raster, store
+from tileseg.errors import StoreError
 from tileseg.grid import TileGrid, Window
 from tileseg.predict import TilePredictor, to_mask
 from tileseg.segment import SegmentOptions, pool_size, segment
@@ -68,7 +69,7 @@ def test_job_equals_in_memory_prediction_on_the_kampala_scene(ray_local, data_di
     np.testing.assert_array_equal(group["mask"][:], expected)
     np.testing.assert_allclose(group["probability"][:], np.moveaxis(probs, -1, 0), atol=1e-5)
     assert group.attrs["complete"] is True
-    on_disk = json.loads((out / "summary.json").read_text())
+    on_disk = json.loads((out / ".tileseg" / "summary.json").read_text())
     assert on_disk["images"][0]["tiles_run"] == report.tiles_run > 0
     phases = summary.phases
     assert phases.plan > 0 and phases.startup > 0 and phases.run > 0 and phases.shutdown > 0
@@ -155,6 +156,25 @@ def test_existing_store_needs_resume_or_overwrite(ray_local, data_dir, tiny_mode
         segment(**args, model=tiny_model_path, bands=(1, 1, 1), progress=False)
     again = segment(**args, model=tiny_model_path, bands=(1, 1, 1), resume=True, progress=False)
     assert again.ok and again.images[0].blocks_run == 0  # nothing left to do
+    # The store contract: a resume with another plan is refused, naming the difference, and changes nothing.
+    changed = segment(**args, model=tiny_model_path, bands=(1, 1, 1), resume=True, overlap=32, progress=False)
+    assert not changed.ok and "planned differently" in changed.images[0].error
+    assert "overlap 64 -> 32" in changed.images[0].error
+    # --overwrite of a directory that is not a tileseg store (a typo for data.zarr) deletes nothing.
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "scene.tif").write_bytes((data_dir / "rasterio" / "shade.tif").read_bytes())
+    (data / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not a tileseg store"):
+        segment(inputs=[str(data)], out=data, model=tiny_model_path, overwrite=True, progress=False)
+    with pytest.raises(StoreError, match="would delete the input"):
+        segment(inputs=[str(out / "x.tif")], out=out, model=tiny_model_path, overwrite=True, progress=False)
+    assert sorted(p.name for p in data.iterdir()) == ["notes.txt", "scene.tif"]
+    # A second writer is refused while the store is locked.
+    from tileseg.contract import StoreLock
+
+    with StoreLock(out), pytest.raises(StoreError, match="another run is writing this store"):
+        segment(**args, model=tiny_model_path, bands=(1, 1, 1), resume=True, progress=False)
 
 
 def test_pool_size_never_claims_every_cpu():
@@ -243,7 +263,7 @@ def test_a_model_that_cannot_load_fails_the_job_cleanly(ray_local, data_dir, tin
     image = str(data_dir / "kampala" / "scene" / "kampala_z21_image.tif")
     out = tmp_path / "out.zarr"
     assert main([image, "--out", str(out), "--model", str(broken), "--quiet", "--block", "2048"]) == 1
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / ".tileseg" / "summary.json").read_text())
     assert not summary["ok"]
     (report,) = summary["images"]
     assert report["status"] == "failed" and report["blocks_run"] == 0

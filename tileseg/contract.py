@@ -119,15 +119,23 @@ def check_overwrite(out: str | os.PathLike[str], inputs: Iterable[str]) -> None:
 
 
 def clear_store(out: str | os.PathLike[str]) -> None:
-    """Remove a tileseg store's contents (a link to it stays a link); refuses anything else."""
+    """Remove a tileseg store's contents but the run's own lock (a link to it stays a link); refuses
+    anything that is not a tileseg store."""
     if not is_tileseg_store(out):
         raise StoreError(f"{redact(os.fspath(out))}: not a tileseg store; refusing to delete it")
     fs, root = _fs(out)
+    lock = f"{root}/{RUN_GROUP}/{LOCK_FILE}"
     if is_remote(out):
-        fs.rm(root, recursive=True)
+        doomed = [p for p in fs.find(root) if p.rstrip("/") != lock.split("://")[-1]]
+        if doomed:
+            fs.rm(doomed)
         return
     for child in Path(root).iterdir():
-        if child.is_dir() and not child.is_symlink():
+        if child.name == RUN_GROUP and (child / LOCK_FILE).exists():
+            for item in child.iterdir():
+                if item.name != LOCK_FILE:
+                    shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+        elif child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
         else:
             child.unlink()
@@ -201,7 +209,11 @@ class StoreLock:
     def acquire(self) -> None:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         for _ in range(2):
-            if self._create(json.dumps(me)):
+            try:
+                created = self._create(json.dumps(me))
+            except OSError as exc:  # a file in the way, no permission, no such bucket
+                raise StoreError(f"cannot write {redact(os.fspath(self.store))}: {redact(str(exc))}") from None
+            if created:
                 self.held = True
                 return
             owner = self._owner()

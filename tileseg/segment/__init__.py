@@ -16,13 +16,14 @@ idempotent and `--resume` redoes only blocks without a flag. The driver holds no
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
-from tileseg import store
-from tileseg.jsonio import write_json
+from tileseg import contract, store
+from tileseg.jsonio import json_safe
 from tileseg.options import Command
 from tileseg.ray_session import RaySession
 from tileseg.segment.options import DESCRIPTION, Resolved, SegmentOptions, resolve
@@ -64,6 +65,13 @@ def segment(options: SegmentOptions | None = None, /, **kwargs: Any) -> Summary:
         raise TypeError("segment() takes one SegmentOptions, or its fields as keywords (inputs=..., out=...)")
     t0 = time.monotonic()
     job = resolve(options)  # every option checked: nothing touched yet
+    with contract.StoreLock(job.out):  # one writer at a time, taken before anything is replaced
+        return _segment(job, t0)
+
+
+def _segment(job: Resolved, t0: float) -> Summary:
+    """Plan, stream and finish a resolved job while holding the store's lock."""
+    options = job.options
     prepare_store(job)
     plan = plan_job(job)
     reports = [ImageReport.planned(p) for p in plan.images]
@@ -76,7 +84,7 @@ def segment(options: SegmentOptions | None = None, /, **kwargs: Any) -> Summary:
     phases = Phases(phases.plan, phases.startup, phases.run, phases.shutdown + time.monotonic() - t_finish)
     skipped = [ImageReport(path=p, status="skipped", error=why) for p, why in plan.skipped]
     summary = Summary.of(job.out, reports, skipped, time.monotonic() - t0, job.settings(), job.model_identity(), phases)
-    write_json(f"{job.out}/summary.json", summary.to_dict())
+    contract.write_run_file(job.out, contract.SUMMARY_FILE, json.dumps(json_safe(summary.to_dict()), indent=2))
     if options.progress:
         print_summary(summary)
     return summary

@@ -6,17 +6,22 @@ started) and fixes the values the run needs: the model, the bands and the tiling
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tileseg.artifact import ModelMeta, read_metadata, resolve_model
+from tileseg import contract
+from tileseg.artifact import ModelMeta, model_digest, read_metadata, resolve_model
 from tileseg.blend import BLENDS
 from tileseg.errors import StoreExistsError
-from tileseg.grid import DEFAULT_BLOCK, DEFAULT_CHUNK
+from tileseg.grid import DEFAULT_BLOCK, DEFAULT_CHUNK, Block
 from tileseg.options import check, int_list, option
+from tileseg.raster import ImageInfo
 from tileseg.stitch import TilingSpec
 from tileseg.store import PROBABILITY_DTYPES
-from tileseg.uri import absolute
+from tileseg.uri import absolute, is_uri
 
 DESCRIPTION = """\
 Segment images (files, directories, globs) with a tileseg model into one Zarr store.
@@ -85,6 +90,7 @@ class Resolved:
     out: str
     bands: tuple[int, ...]
     tiling: TilingSpec
+    model_sha256: str  # the model's identity, whatever its path
 
     def settings(self) -> dict:
         """The run's settings as the store and summary.json record them (and `--resume` compares)."""
@@ -101,10 +107,29 @@ class Resolved:
             chunk=o.chunk,
         )
 
+    def image_plan(self, info: ImageInfo, blocks: Sequence[Block]) -> dict:
+        """Everything that decides an image's output, recorded in its group: `--resume` refuses any change."""
+        source: dict = {"path": info.path, "height": info.height, "width": info.width, "dtype": info.dtype}
+        if not is_uri(info.path):
+            st = os.stat(info.path)
+            source.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
+        return {
+            **self.settings(),
+            "blocks": hashlib.sha256(repr([(b.region, b.read) for b in blocks]).encode()).hexdigest()[:16],
+            "model": {"sha256": self.model_sha256},
+            "source": source,
+        }
+
     def model_identity(self) -> dict:
         """Which model made the store: its path, architecture, classes and training record."""
         m = self.meta
-        return {"path": str(self.model_path), "arch": m.arch, "classes": list(m.classes), "training": dict(m.training)}
+        return {
+            "path": str(self.model_path),
+            "sha256": self.model_sha256,
+            "arch": m.arch,
+            "classes": list(m.classes),
+            "training": dict(m.training),
+        }
 
 
 def resolve(o: SegmentOptions) -> Resolved:
@@ -143,7 +168,11 @@ def resolve(o: SegmentOptions) -> Resolved:
     )
     check(all(b >= 1 for b in bands), "--bands", f"bands are 1-based, got {','.join(map(str, bands))}")
     out = absolute(o.out)
-    if Path(out).exists() and not (o.resume or o.overwrite):
+    if contract.exists(out) and not (o.resume or o.overwrite):
         raise StoreExistsError(f"{out} exists: pass --resume to continue it or --overwrite to replace it")
+    if o.resume:
+        contract.check_resume(out)
+    elif o.overwrite:
+        contract.check_overwrite(out, [absolute(i) for i in o.inputs])
     tiling = TilingSpec(tile=int(tile), overlap=int(overlap), blend=o.blend, batch_size=int(o.batch_size))
-    return Resolved(o, model_path, meta, out, tuple(int(b) for b in bands), tiling)
+    return Resolved(o, model_path, meta, out, tuple(int(b) for b in bands), tiling, model_digest(model_path))

@@ -6,14 +6,12 @@ geometry only; the tiling they were planned with travels separately, once (`Reso
 
 from __future__ import annotations
 
-import shutil
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from tileseg import raster, store
+from tileseg import contract, raster, store
 from tileseg.artifact import ModelMeta
 from tileseg.errors import RasterError, StoreError
 from tileseg.grid import Block
@@ -80,8 +78,8 @@ def prepare_store(job: Resolved) -> None:
     """Replace the store when asked (`--overwrite`), then create it (or open it to resume)."""
     o = job.options
     try:
-        if o.overwrite and not o.resume and Path(job.out).exists():
-            shutil.rmtree(job.out)
+        if o.overwrite and not o.resume and contract.exists(job.out):
+            contract.clear_store(job.out)  # checked in resolve(): a tileseg store holding no input; our lock stays
         store.create_store(job.out, {"settings": job.settings(), "model": job.model_identity()})
     except OSError as exc:  # a file in the way, no permission
         raise StoreError(f"cannot write {job.out}: {exc}") from None
@@ -126,6 +124,7 @@ def plan_image(job: Resolved, path: str, taken: set[str]) -> ImagePlan:
             probabilities=o.probabilities,
             probability_dtype=o.probability_dtype,
             attrs={"settings": job.settings(), "model": job.model_identity()},
+            plan=job.image_plan(info, blocks),
         )
     except (RasterError, StoreError, ValueError) as exc:
         return ImagePlan(path=path, warning=warning, error=str(exc))
