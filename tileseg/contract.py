@@ -235,6 +235,12 @@ class StoreLock:
             except FileNotFoundError:
                 pass
             self.held = False
+            if not is_remote(self.store):  # a run that stopped before creating the store leaves nothing
+                for folder in (Path(self.path).parent, Path(self.path).parents[1]):
+                    try:
+                        folder.rmdir()  # only when empty
+                    except OSError:
+                        break
 
     def __enter__(self) -> StoreLock:
         self.acquire()

@@ -78,7 +78,7 @@ def prepare_store(job: Resolved) -> None:
     """Replace the store when asked (`--overwrite`), then create it (or open it to resume)."""
     o = job.options
     try:
-        if o.overwrite and not o.resume and contract.exists(job.out):
+        if o.overwrite and not o.resume and contract.is_tileseg_store(job.out):
             contract.clear_store(job.out)  # checked in resolve(): a tileseg store holding no input; our lock stays
         store.create_store(job.out, {"settings": job.settings(), "model": job.model_identity()})
     except OSError as exc:  # a file in the way, no permission
