@@ -295,3 +295,26 @@ def test_range_warning_from_the_header():
     assert range_warning("uint16", sixteen_bit) is None
     assert "8-bit pixels" in range_warning("uint8", sixteen_bit)
     assert range_warning("float32", eight_bit) is None  # a float's range is not in its type
+
+
+def test_signed_8bit_and_complex_pixels_are_named(ray_local, data_dir, tiny_model_path, tmp_path):
+    import rasterio
+
+    from tileseg.artifact import ModelMeta
+    from tileseg.segment import range_warning
+
+    meta = ModelMeta(classes=("a", "b"), bands=(1, 2, 3), mean=(120.0,) * 3, std=(50.0,) * 3, tile=256, arch="u")
+    assert "signed 8-bit" in range_warning("int8", meta)
+    assert range_warning("uint8", meta) is None
+    # A complex raster fails alone, by name; the other image of the batch is segmented.
+    bad = tmp_path / "complex.tif"
+    profile = dict(driver="GTiff", height=64, width=64, count=3, dtype="complex64", crs="EPSG:3857",
+                   transform=rasterio.transform.from_origin(0, 0, 1, 1))  # fmt: skip
+    with rasterio.open(bad, "w", **profile) as dst:
+        dst.write(np.ones((3, 64, 64), np.complex64))
+    good = str(data_dir / "rasterio" / "shade.tif")
+    summary = segment(inputs=[str(bad), good], out=tmp_path / "o.zarr", model=tiny_model_path, bands=(1, 1, 1),
+                      progress=False)  # fmt: skip
+    by_name = {Path(r.path).name: r for r in summary.images}
+    assert by_name["complex.tif"].status == "failed" and "complex pixels" in by_name["complex.tif"].error
+    assert by_name["shade.tif"].status == "done"

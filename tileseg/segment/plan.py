@@ -63,6 +63,8 @@ def range_warning(dtype: str, meta: ModelMeta) -> str | None:
     if kind.kind not in "iu":
         return None  # floats can hold anything: nothing to tell from the header
     model_8bit = meta.trained_on_8bit
+    if model_8bit and kind == np.int8:
+        return "signed 8-bit pixels (-128..127), but the model was trained on unsigned 8-bit data; rescale to 0-255"
     if model_8bit == (kind.itemsize == 1):
         return None
     norm = ", ".join(f"{m:.0f}" for m in meta.mean)
@@ -87,12 +89,16 @@ def prepare_store(job: Resolved) -> None:
 
 def plan_job(job: Resolved) -> JobPlan:
     """Discover the inputs and plan every image (creating its group); with --fail-fast stop at the first failure."""
-    paths, skipped = raster.discover(list(job.options.inputs))
-    taken: set[str] = set()  # names follow the sorted inputs, so a resumed run maps paths to the same groups
+    found, skipped = raster.discover(list(job.options.inputs))
+    paths = [absolute(p) for p in found]  # workers (and the store's records) need paths that work anywhere
+    infos = raster.open_infos(paths)  # headers in a thread pool: they wait on storage, not on the CPU
+    # Names follow the inputs' order, in one linear pass, so a resumed run maps paths to the same groups.
+    opened = [p for p, i in zip(paths, infos, strict=True) if isinstance(i, raster.ImageInfo)]
+    names = dict(zip(opened, store.group_names(opened), strict=True))
     images: list[ImagePlan] = []
     items: list[WorkItem] = []
-    for path in (absolute(p) for p in paths):  # workers (and the store's records) need paths that work anywhere
-        plan = plan_image(job, path, taken)
+    for path, info in zip(paths, infos, strict=True):
+        plan = plan_image(job, path, info, names.get(path))
         images.append(plan)
         if plan.error and job.options.fail_fast:
             break
@@ -101,18 +107,19 @@ def plan_job(job: Resolved) -> JobPlan:
     return JobPlan(tuple(images), tuple(skipped), tuple(items))
 
 
-def plan_image(job: Resolved, path: str, taken: set[str]) -> ImagePlan:
-    """One image's group (created in the store) and its blocks not yet done; a failure becomes its error."""
+def plan_image(job: Resolved, path: str, info: raster.ImageInfo | Exception, name: str | None) -> ImagePlan:
+    """One image's group (created in the store) and its blocks not yet done; any failure becomes its error."""
     o = job.options
     warning = None
     try:
-        info = raster.open_info(path)
+        if isinstance(info, Exception):
+            raise info
+        if np.dtype(info.dtype).kind == "c":
+            raise RasterError(f"{path}: complex pixels ({info.dtype}) are not supported; convert to real values")
         raster.check_bands(info, job.bands)
         warning = range_warning(info.dtype, job.meta)
         if warning and o.progress:
             print(f"warning: {path}: {warning}", file=sys.stderr)
-        name = store.group_name(path, taken)
-        taken.add(name)
         blocks = job.tiling.plan(info.height, info.width, block=o.block, chunk=o.chunk)
         store.create_image_group(
             job.out,
@@ -128,6 +135,8 @@ def plan_image(job: Resolved, path: str, taken: set[str]) -> ImagePlan:
         )
     except (RasterError, StoreError, ValueError) as exc:
         return ImagePlan(path=path, warning=warning, error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - whatever one image does, the others are still planned
+        return ImagePlan(path=path, warning=warning, error=f"{path}: {type(exc).__name__}: {exc}")
     done = store.done_blocks(job.out, name) if o.resume else set()
     # A block's pixels and valid mask in, its mask (and float32 probabilities) out.
     pixel_bytes = len(job.bands) * np.dtype(info.dtype).itemsize + 1
