@@ -181,6 +181,11 @@ def read_vector(pair: Pair, window: Window, shape: tuple[int, int] | None = None
     mask, _ = rasterize_window(pair.labels.load(), pair.crs, transform, (h, w), image_box=box)
     labels = mask.astype("int32")
     labelled = labels != IGNORE
+    if shape is None:  # past the image's edge nothing is labelled, as with a mask raster
+        on_image = np.zeros_like(labelled)
+        r, c = window.row, window.col
+        on_image[max(0, -r) : max(0, pair.height - r), max(0, -c) : max(0, pair.width - c)] = True
+        labelled &= on_image
     return np.where(labelled, labels, 0), labelled
 
 
