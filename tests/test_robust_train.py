@@ -342,3 +342,24 @@ def test_gsd_of_the_training_data_is_recorded(data_dir, tmp_path):
     assert open_info(zanzibar[0].image).gsd is None and median_gsd(zanzibar) > 0
     bare = [type(p)(p.image, None, p.height, p.width) for p in zanzibar]
     assert median_gsd(bare) is None
+
+
+@pytest.mark.slow
+def test_cli_trains_on_polygons_with_augmentations_and_records_the_recipe(data_dir, tmp_path):
+    """`tileseg train --images kathmandu/images --labels ... --aoi ...` on Ray Train, end to end (~40 s)."""
+    from tileseg.cli import main
+
+    k = data_dir / "kathmandu"
+    out = tmp_path / "m.keras"
+    argv = ["train", "--images", str(k / "images"), "--labels", str(k / "buildings.geojson"),
+            "--aoi", str(k / "aoi.geojson"), "--label-field", "class", "--out", str(out), "--normalise", "tile",
+            "--aug-scale", "2", "--aug-blur", "1", "--aug-noise", "0.02", "--aug-jpeg", "40", "--aug-colour", "0.2",
+            "--arch", "unet", "--tile", "32", "--base-filters", "4", "--depth", "2", "--batch-size", "4",
+            "--epochs", "1", "--steps-per-epoch", "2"]  # fmt: skip
+    assert main(argv) == 0
+    meta = read_metadata(out)
+    assert meta.normalisation == "tile" and 0.01 < meta.gsd < 1
+    t = meta.training
+    assert t["labels"] == [str(k / "buildings.geojson")] and t["normalisation"] == "tile" and t["gsd"] == meta.gsd
+    settings = t["settings"]
+    assert (settings["aug_scale"], settings["aug_jpeg"], settings["aug_colour"]) == (2.0, 40, 0.2)
