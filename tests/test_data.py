@@ -121,7 +121,10 @@ def test_nodata_and_ignore_get_zero_weight_and_mostly_invalid_windows_are_skippe
     for i in range(20):
         x, labels, weights = s.sample(0, i)
         assert weights.mean() >= 0.5  # windows mostly in the nodata part were redrawn
-        assert np.all(x[weights == 0] == 0) and np.all(x[weights > 0] == 100)
+        # nodata pixels are 0 (the mean, as inference fills them); valid but unlabelled pixels keep their
+        # values: the model sees at training what it sees at inference, only the loss ignores them
+        assert np.all(x[weights > 0] == 100) and np.all(x[weights == 0] != 50)
+        assert np.all((x[..., 0] == 0) | (x[..., 0] == 100))
     # every pixel of the raster through the validation tiling: nodata and 255 weigh 0, the rest 1
     tiles = list(validation_tiles(find_pairs(tmp_path), tile=64, bands=None, mean=[0] * 3, std=[1] * 3, num_classes=2))
     total = sum(t[2].sum() for t in tiles)

@@ -200,7 +200,12 @@ def test_metadata_schema_names_the_problem(change, says):
 def test_metadata_round_trips_unknown_keys_and_scores():
     from tileseg.artifact import ModelMeta
 
-    d = {**GOOD, "val_miou": 0.5, "gsd": 0.07, "training": {"epochs": 2}}
+    d = {**GOOD, "val_miou": 0.5, "gsd": 0.07, "sensor": "drone", "training": {"epochs": 2}}
     meta = ModelMeta.from_dict(d)
-    assert meta.scores == {"val_miou": 0.5} and meta.extra == {"gsd": 0.07}
+    assert meta.scores == {"val_miou": 0.5} and meta.extra == {"sensor": "drone"}
+    assert meta.gsd == 0.07 and meta.normalisation == "dataset"  # typed fields; older artifacts: dataset, None
     assert ModelMeta.from_dict(meta.to_dict()) == meta
+    with pytest.raises(ArtifactError, match="normalisation"):
+        ModelMeta.from_dict({**GOOD, "normalisation": "per-pixel"})
+    with pytest.raises(ArtifactError, match="gsd"):
+        ModelMeta.from_dict({**GOOD, "gsd": -1})

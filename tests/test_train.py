@@ -218,6 +218,12 @@ def test_validation_iou_equals_evaluate_iou_on_the_same_prediction(data_dir, tmp
         (["--masks", "a", "b"], "--masks"),
         (["--name", "../elsewhere"], "--name"),
         (["--val-fraction", "1.5"], "--val-fraction"),
+        (["--labels", "a.geojson", "b.geojson"], "--labels"),
+        (["--aoi", "aoi.geojson"], "--aoi"),
+        (["--aug-jpeg", "200"], "--aug-jpeg"),
+        (["--aug-scale", "0.5"], "--aug-scale"),
+        (["--freeze-encoder-epochs", "1"], "--freeze-encoder-epochs"),
+        (["--init", "model.h5"], "--init"),
     ],
 )
 def test_bad_options_fail_naming_the_option_before_anything_is_written(tmp_path, capsys, argv, flag):

@@ -24,6 +24,7 @@ from tileseg.mask import MAX_CLASSES
 METADATA_ENTRY = "tileseg.json"  # our metadata, stored beside Keras' own files inside the .keras zip
 ARTIFACT_FORMAT = 1
 ARCHS = ("unet", "attention_unet")
+NORMALISATIONS = ("dataset", "tile")  # per-band statistics of the training set, or of each tile's valid pixels
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.keras"
 
 __all__ = [
@@ -31,9 +32,11 @@ __all__ = [
     "ARTIFACT_FORMAT",
     "DEFAULT_MODEL",
     "METADATA_ENTRY",
+    "NORMALISATIONS",
     "ArtifactError",
     "ModelMeta",
     "normalise",
+    "normalise_tiles",
     "model_digest",
     "read_metadata",
     "resolve_model",
@@ -55,6 +58,29 @@ def normalise(
     x -= m
     x /= s
     return x
+
+
+def normalise_tiles(
+    pixels: np.ndarray, valid: np.ndarray | None = None, min_std: Sequence[float] | np.ndarray | float = 1e-6
+) -> np.ndarray:
+    """Per-tile standardisation: each tile (leading axes ..., h, w, C) minus its valid pixels' per-band mean,
+    over their std (at least `min_std`, so a flat tile is not blown up); invalid pixels become 0.
+
+    `valid` (..., h, w) bool; None means the finite pixels (NaN marks the pixels a tile does not have, so
+    nodata never skews a tile's statistics).  A tile depends on its own pixels only: partition invariant.
+    """
+    x = np.asarray(pixels).astype(np.float32, copy=True)
+    if x.ndim < 3:
+        raise ValueError(f"normalise_tiles: pixels must be (..., h, w, C), got {x.shape}")
+    if valid is None:
+        valid = np.isfinite(x).all(axis=-1)
+    keep = np.asarray(valid, bool)[..., None]  # (..., h, w, 1)
+    x = np.where(keep, x, 0.0).astype(np.float32)
+    count = np.maximum(keep.sum(axis=(-3, -2), keepdims=True), 1).astype(np.float64)
+    mean = x.sum(axis=(-3, -2), keepdims=True, dtype=np.float64) / count
+    var = (np.where(keep, (x - mean) ** 2, 0.0)).sum(axis=(-3, -2), keepdims=True) / count
+    std = np.maximum(np.sqrt(var), np.asarray(min_std, np.float64))
+    return np.where(keep, (x - mean) / std, 0.0).astype(np.float32)
 
 
 def _fail(where: str, text: str) -> ArtifactError:
@@ -97,6 +123,8 @@ class ModelMeta:
     training: Mapping[str, Any] = field(default_factory=dict)
     scores: Mapping[str, float] = field(default_factory=dict)  # the top-level val_* numbers
     extra: Mapping[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as they are
+    normalisation: str = "dataset"  # one of NORMALISATIONS; artifacts from before it existed are "dataset"
+    gsd: float | None = None  # median ground sampling distance (m/px) of the training rasters, when known
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "metadata") -> ModelMeta:
@@ -131,6 +159,14 @@ class ModelMeta:
         training = d.get("training") or {}
         if not isinstance(training, Mapping):
             raise _fail(where, "metadata 'training' must be a JSON object")
+        normalisation = d.get("normalisation", "dataset")
+        if normalisation not in NORMALISATIONS:
+            raise _fail(
+                where, f"metadata 'normalisation' must be one of {', '.join(NORMALISATIONS)}, got {normalisation!r}"
+            )
+        gsd = d.get("gsd")
+        if gsd is not None:
+            gsd = _numbers([gsd], "gsd", where, positive=True)[0]
         known = {f.name for f in fields(cls)} | {"format"}
         scores = {k: v for k, v in d.items() if k.startswith("val_") and isinstance(v, int | float)}
         extra = {k: v for k, v in d.items() if k not in known and k not in scores}
@@ -147,6 +183,8 @@ class ModelMeta:
             training=dict(training),
             scores=scores,
             extra=extra,
+            normalisation=normalisation,
+            gsd=gsd,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,6 +202,9 @@ class ModelMeta:
                 d[key] = getattr(self, key)
         d.update(self.scores)
         d.update(self.extra)
+        d["normalisation"] = self.normalisation
+        if self.gsd is not None:
+            d["gsd"] = float(self.gsd)
         d["format"] = ARTIFACT_FORMAT
         d["training"] = dict(self.training)
         return d
@@ -178,11 +219,22 @@ class ModelMeta:
 
     @property
     def fill(self) -> np.ndarray:
-        """The raw pixel value that normalises to 0: what invalid pixels are replaced with."""
+        """What invalid pixels are replaced with: the raw value that normalises to 0 ("dataset"), or NaN
+        ("tile": `normalise` leaves NaN pixels out of the tile's statistics and sets them to 0)."""
+        if self.normalisation == "tile":
+            return np.full(len(self.mean), np.nan, np.float32)
         return np.asarray(self.mean, np.float32)
 
-    def normalise(self, pixels: np.ndarray) -> np.ndarray:
-        """Raw pixels (..., bands) as the model was trained to see them."""
+    @property
+    def min_std(self) -> np.ndarray:
+        """The smallest per-tile std of "tile" normalisation: a tenth of the training set's."""
+        return 0.1 * np.asarray(self.std, np.float32)
+
+    def normalise(self, pixels: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Raw tiles (..., h, w, bands) as the model was trained to see them; with "tile" normalisation
+        the statistics are each tile's own over its valid pixels (`valid`, default: the finite ones)."""
+        if self.normalisation == "tile":
+            return normalise_tiles(pixels, valid, self.min_std)
         return normalise(pixels, self.mean, self.std)
 
     @property

@@ -20,21 +20,27 @@ from pathlib import Path
 
 import numpy as np
 
-from tileseg.artifact import normalise
+from tileseg.artifact import NORMALISATIONS, normalise, normalise_tiles
+from tileseg.augment import Augment, draw_scale, photometric, reference_range, resize_sample
 from tileseg.errors import DataError, RasterError
 from tileseg.grid import TileGrid, Window
+from tileseg.labels import LabelSpec, grid_box, labelled_part, rasterize_window
 from tileseg.mask import NODATA as IGNORE  # unlabelled pixels: excluded from loss and metrics
 from tileseg.raster import RASTER_EXTENSIONS, open_info, read_overview, read_window
 
 
 @dataclass(frozen=True)
 class Pair:
-    """One training example: an image raster and its mask raster of the same size."""
+    """One training example: an image raster and its labels -- a mask raster of the same size, or vector
+    labels (`labels`) rasterised onto the image's own grid (`crs`, `transform`) when a window is read."""
 
     image: Path
-    mask: Path
+    mask: Path | None
     height: int
     width: int
+    labels: LabelSpec | None = None
+    crs: str | None = None
+    transform: tuple[float, ...] | None = None
 
 
 # --- finding and checking pairs -------------------------------------------------------------------
@@ -100,6 +106,35 @@ def find_pairs(images: str | Path, masks: str | Path | None = None, *, strict: b
     return pairs
 
 
+def find_vector_pairs(images: str | Path, labels: LabelSpec) -> list[Pair]:
+    """Every image of `images` (or of its `images/` subdir) with vector `labels`; images no label reaches
+    (outside the AOI, or untouched by any polygon without an AOI) are left out: they hold no labelled pixel."""
+    from affine import Affine
+
+    folder = Path(images)
+    if (folder / "images").is_dir():
+        folder = folder / "images"
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a directory")
+    vector = labels.load()
+    pairs = []
+    for path in _files(folder, RASTER_EXTENSIONS).values():
+        try:
+            info = open_info(path)
+        except RasterError as exc:
+            raise DataError(str(exc)) from None
+        if not info.crs:
+            raise DataError(f"{path}: an image without a CRS cannot take vector labels ({labels.path})")
+        footprint = grid_box(Affine(*info.transform[:6]), (info.height, info.width))
+        if labelled_part(vector, info.crs, footprint) > 0:
+            pairs.append(Pair(path, None, info.height, info.width, labels, info.crs, tuple(info.transform[:6])))
+    if not pairs:
+        raise DataError(
+            f"{folder}: no image overlaps the labels of {labels.path}" + (f" in {labels.aoi}" if labels.aoi else "")
+        )
+    return pairs
+
+
 def split_pairs(pairs: Sequence[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
     """Hold out about `fraction` of `pairs` (at least one) for validation; returns (train, val)."""
     if not 0 < fraction < 1 or len(pairs) < 2:
@@ -133,13 +168,56 @@ def read_mask(path: Path, window: Window) -> tuple[np.ndarray, np.ndarray]:
     return np.where(labelled, labels, 0), labelled
 
 
+def read_vector(pair: Pair, window: Window, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A pair's vector labels rasterised on `window` of its image's grid (at `shape`, default the window's):
+    (class indices (h, w) int32, labelled (h, w) bool)."""
+    from affine import Affine
+
+    assert pair.labels is not None and pair.transform is not None
+    base = Affine(*pair.transform)
+    h, w = shape or (window.height, window.width)
+    transform = base * Affine.translation(window.col, window.row) * Affine.scale(window.width / w, window.height / h)
+    box = grid_box(base, (pair.height, pair.width))
+    mask, _ = rasterize_window(pair.labels.load(), pair.crs, transform, (h, w), image_box=box)
+    labels = mask.astype("int32")
+    labelled = labels != IGNORE
+    if shape is None:  # past the image's edge nothing is labelled, as with a mask raster
+        on_image = np.zeros_like(labelled)
+        r, c = window.row, window.col
+        on_image[max(0, -r) : max(0, pair.height - r), max(0, -c) : max(0, pair.width - c)] = True
+        labelled &= on_image
+    return np.where(labelled, labels, 0), labelled
+
+
+def read_labels_of(pair: Pair, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """A pair's labels on `window`, from its mask raster or its vector labels."""
+    return read_vector(pair, window) if pair.labels is not None else read_mask(pair.mask, window)  # type: ignore[arg-type]
+
+
+def read_sample(pair: Pair, window: Window, bands: Sequence[int] | None, num_classes: int):
+    """(image, image valid, labels, weights: 1 = labelled and valid, else 0) of one window of a pair."""
+    image, valid = read_image(pair.image, window, bands)
+    labels, labelled = read_labels_of(pair, window)
+    if labelled.any() and labels[labelled].max() >= num_classes:
+        source = pair.mask if pair.labels is None else pair.labels.path
+        raise DataError(f"{source}: class index {labels[labelled].max()} but only {num_classes} classes")
+    return image, valid, labels, (valid & labelled).astype("float32")
+
+
 def read_pair(pair: Pair, window: Window, bands: Sequence[int] | None, num_classes: int):
     """Image, labels and per-pixel weights (1 = labelled and valid, else 0) of one window of a pair."""
-    image, valid = read_image(pair.image, window, bands)
-    labels, labelled = read_mask(pair.mask, window)
-    if labelled.any() and labels[labelled].max() >= num_classes:
-        raise DataError(f"{pair.mask}: class index {labels[labelled].max()} but only {num_classes} classes")
-    return image, labels, (valid & labelled).astype("float32")
+    image, _, labels, weights = read_sample(pair, window, bands, num_classes)
+    return image, labels, weights
+
+
+def normalise_sample(
+    image: np.ndarray, valid: np.ndarray, mean: np.ndarray, std: np.ndarray, mode: str = "dataset"
+) -> np.ndarray:
+    """A raw window as the model sees it: by the data set's statistics or the window's own valid pixels
+    (`ModelMeta.normalise` does the same at inference); 0 where the image is invalid."""
+    if mode == "tile":
+        return normalise_tiles(image, valid, 0.1 * np.asarray(std, np.float32))
+    return normalise(image, mean, std) * valid[..., None]
 
 
 # --- statistics ------------------------------------------------------------------------------------
@@ -162,7 +240,12 @@ def band_statistics(
         max_size = max(1, int(max(pair.height, pair.width) / scale))
         try:
             image, valid = read_overview(pair.image, max_size, bands=bands)
-            mask, labelled = read_overview(pair.mask, max_size, bands=[1])
+            if pair.labels is not None:
+                full = Window(0, 0, pair.height, pair.width)
+                vec, labelled = read_vector(pair, full, image.shape[:2])
+                mask = np.where(labelled, vec, IGNORE)[..., None]
+            else:
+                mask, labelled = read_overview(pair.mask, max_size, bands=[1])
         except RasterError as exc:
             raise DataError(str(exc)) from None
         if image.shape[:2] != mask.shape[:2]:
@@ -209,11 +292,14 @@ def jitter(x: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarr
 
 
 class TileSampler:
-    """Random `tile` x `tile` training samples: window, D4 transform and jitter drawn per sample.
+    """Random `tile` x `tile` training samples: window, scale, D4 transform and jitter drawn per sample.
 
     Pairs are drawn in proportion to `pair_weights`, by default their area in tiles (so a big scene counts
     for more than one chip);
-    a window whose labelled-and-valid fraction is under `min_valid` is redrawn (up to `tries` times).
+    a window whose labelled-and-valid fraction is under `min_valid` is redrawn (up to `tries` times; a
+    zoomed-out window bigger than its raster needs only the share the raster can fill).  `augmentations`
+    adds scale (a window of round(tile * s) resampled to the tile) and photometric augmentations on raw
+    pixels; `normalisation` "tile" standardises each sample by its own valid pixels.
     """
 
     def __init__(
@@ -231,7 +317,11 @@ class TileSampler:
         min_valid: float = 0.5,
         tries: int = 10,
         pair_weights: Sequence[float] | None = None,
+        augmentations: Augment | None = None,
+        normalisation: str = "dataset",
     ) -> None:
+        if normalisation not in NORMALISATIONS:
+            raise DataError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
         if not pairs:
             raise DataError("no training pairs")
         self.pairs = list(pairs)
@@ -245,6 +335,9 @@ class TileSampler:
         self.jitter = jitter
         self.min_valid = min_valid
         self.tries = tries
+        self.aug = augmentations or Augment()
+        self.normalisation = normalisation
+        self.hi = reference_range(self.mean, self.std)
         if pair_weights is None:
             pair_weights = [max(1.0, p.height * p.width / self.tile**2) for p in self.pairs]
         weights = np.asarray(pair_weights, dtype=np.float64)
@@ -257,19 +350,28 @@ class TileSampler:
         rng = np.random.default_rng([self.seed, epoch, index])
         for _ in range(self.tries):
             pair = self.pairs[min(int(np.searchsorted(self.cumulative, rng.random())), len(self.pairs) - 1)]
-            row = int(rng.integers(0, max(pair.height - self.tile, 0) + 1))
-            col = int(rng.integers(0, max(pair.width - self.tile, 0) + 1))
-            image, labels, weights = read_pair(
-                pair, Window(row, col, self.tile, self.tile), self.bands, self.num_classes
-            )
-            if weights.mean() >= self.min_valid:
+            s = draw_scale(rng, self.aug) if self.augment else 1.0
+            n = max(1, round(self.tile * s))
+            row, col = self._offset(rng, pair.height, n, s), self._offset(rng, pair.width, n, s)
+            image, valid, labels, weights = read_sample(pair, Window(row, col, n, n), self.bands, self.num_classes)
+            if weights.mean() >= self.min_valid * min(1.0, pair.height * pair.width / n**2):
                 break
-        x = normalise(image, self.mean, self.std) * (weights[..., None] > 0)
+        image, valid, labels, weights = resize_sample(image, valid, labels, weights, self.tile)
+        if self.augment and self.aug.photometric:
+            image = photometric(image, valid, rng, self.aug, self.hi)
+        x = normalise_sample(image, valid, self.mean, self.std, self.normalisation)
         if self.augment:
             k = int(rng.integers(0, 8))
             x, labels, weights = d4(x, k), d4(labels, k), d4(weights, k)
             x = jitter(x, rng, self.jitter)
         return np.ascontiguousarray(x), np.ascontiguousarray(labels), np.ascontiguousarray(weights)
+
+    @staticmethod
+    def _offset(rng: np.random.Generator, length: int, n: int, s: float) -> int:
+        """A window start: inside the raster; a zoomed window longer than the raster may start before it."""
+        if n > length and s != 1.0:
+            return int(rng.integers(length - n, 1))
+        return int(rng.integers(0, max(length - n, 0) + 1))
 
     def batch(self, epoch: int, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Stack the samples `indices` of `epoch` into (x, labels, weights) arrays."""
@@ -311,6 +413,7 @@ def validation_tiles(
     std: Sequence[float],
     num_classes: int,
     whole_read_pixels: int = 4096 * 4096,
+    normalisation: str = "dataset",
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Every tile of every pair on its tile grid (no overlap), each pixel weighted once: (x, labels, weights).
 
@@ -324,15 +427,15 @@ def validation_tiles(
         col_spans = _owned(grid.cols, tile, pair.width)
         whole = None
         if pair.height * pair.width <= whole_read_pixels:  # one read, then tiles cut in memory
-            whole = read_pair(pair, Window(0, 0, max(pair.height, tile), max(pair.width, tile)), bands, num_classes)
+            whole = read_sample(pair, Window(0, 0, max(pair.height, tile), max(pair.width, tile)), bands, num_classes)
         for r, row in enumerate(grid.rows.tolist()):
             for c, col in enumerate(grid.cols.tolist()):
                 if whole is not None:
-                    image, labels, weights = (a[row : row + tile, col : col + tile] for a in whole)
+                    image, valid, labels, weights = (a[row : row + tile, col : col + tile] for a in whole)
                 else:
-                    image, labels, weights = read_pair(pair, Window(row, col, tile, tile), bands, num_classes)
+                    image, valid, labels, weights = read_sample(pair, Window(row, col, tile, tile), bands, num_classes)
                 own = np.zeros_like(weights)
                 (r0, r1), (c0, c1) = row_spans[r], col_spans[c]
                 own[r0:r1, c0:c1] = 1.0
-                x = normalise(image, mean_a, std_a) * (weights[..., None] > 0)
+                x = normalise_sample(image, valid, mean_a, std_a, normalisation)
                 yield x, labels, weights * own

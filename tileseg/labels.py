@@ -150,3 +150,32 @@ def rasterize_window(
         inside = np.full(shape, touched)
     mask[~inside] = NODATA
     return mask, inside
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """Where a training source's vector labels come from: small and picklable (it travels to every Ray
+    worker in the plan); `load` reads the file once per process."""
+
+    path: str
+    classes: tuple[str, ...]
+    class_field: str | None = None
+    aoi: str | None = None
+
+    def load(self) -> VectorLabels:
+        if self not in _LOADED:
+            _LOADED[self] = read_labels(self.path, self.classes, class_field=self.class_field, aoi=self.aoi)
+        return _LOADED[self]
+
+
+_LOADED: dict[LabelSpec, VectorLabels] = {}
+
+
+def labelled_part(labels: VectorLabels, crs: str, footprint: shapely.Geometry) -> float:
+    """The fraction of an image's `footprint` (in `crs`) that is labelled: inside the AOI, or, without an
+    AOI, 1 when any polygon touches it and 0 when none does."""
+    geoms, tree, aoi = labels.in_crs(crs)
+    if aoi is None:
+        return 1.0 if len(tree.query(footprint, predicate="intersects")) else 0.0
+    area = footprint.area
+    return float(shapely.intersection(footprint, aoi).area / area) if area > 0 else 0.0

@@ -17,7 +17,8 @@ from tileseg.train.plan import TrainPlan
 
 SETTINGS = (  # the options recorded in the artifact's training.settings
     "epochs", "batch_size", "lr", "weight_decay", "workers", "seed", "dice", "class_weights", "source_weights",
-    "jitter", "sync_bn", "precision", "tile", "cpus_per_worker",
+    "jitter", "sync_bn", "precision", "tile", "cpus_per_worker", "aug_scale", "aug_blur", "aug_noise", "aug_jpeg",
+    "aug_colour", "aug_prob", "freeze_encoder_epochs",
 )  # fmt: skip
 
 
@@ -57,6 +58,12 @@ def model_meta(plan: TrainPlan, state: TrainState, elapsed_s: float) -> ModelMet
     training = {
         "images": list(plan.train_dirs),
         "masks": list(o.masks) if o.masks is not None else None,
+        "labels": list(o.labels) if o.labels is not None else None,
+        "aoi": list(o.aoi) if o.aoi is not None else None,
+        "label_field": o.label_field,
+        "init": plan.init_from,
+        "normalisation": plan.normalisation,
+        "gsd": plan.gsd,
         "val_images": list(plan.val_dirs) if plan.val_dirs else None,
         "val_masks": list(o.val_masks) if o.val_masks is not None else None,
         "val_fraction": None if plan.val_dirs else o.val_fraction,
@@ -82,6 +89,8 @@ def model_meta(plan: TrainPlan, state: TrainState, elapsed_s: float) -> ModelMet
         base_filters=o.base_filters,
         depth=o.depth,
         training=json_safe(training),
+        normalisation=plan.normalisation,
+        gsd=plan.gsd,
         scores={k: float(best[k]) for k in names if isinstance(best.get(k), int | float)},
     )
 

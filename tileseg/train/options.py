@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from tileseg.artifact import ARCHS
+from tileseg.artifact import ARCHS, NORMALISATIONS
 from tileseg.errors import OptionError
 from tileseg.mask import MAX_CLASSES
 from tileseg.options import check, option
@@ -31,7 +31,26 @@ class TrainOptions:
         many=True,
     )
     out: str = option(help="the model artifact to write", metavar="MODEL.keras")
-    masks: tuple[str, ...] | None = option(None, help="mask dirs, one per --images dir", metavar="DIR", many=True)
+    masks: tuple[str, ...] | None = option(
+        None, help="mask dirs, one per --images dir ('-' for a dir labelled by --labels)", metavar="DIR", many=True
+    )
+    labels: tuple[str, ...] | None = option(
+        None,
+        help="vector labels (GeoJSON, GeoParquet, GeoPackage; any CRS), one per --images dir: '-' for a dir "
+        "with masks; polygons are rasterised on each image's grid as windows are drawn",
+        metavar="FILE",
+        many=True,
+    )
+    aoi: tuple[str, ...] | None = option(
+        None,
+        help="area of interest per --labels file ('-': none): labels are complete inside it, unknown (weight 0) "
+        "outside; without one, images no polygon touches are unknown",
+        metavar="FILE",
+        many=True,
+    )
+    label_field: str | None = option(
+        None, help="attribute holding each polygon's class name or index (default: every polygon is class 1)"
+    )
     arch: str = option("attention_unet", help="model architecture", choices=ARCHS)
     classes: tuple[str, ...] = option(
         DEFAULT_CLASSES, help="class names; mask value i is class i (255 / nodata = ignored)", metavar="NAME", many=True
@@ -70,6 +89,23 @@ class TrainOptions:
     name: str | None = option(
         None, help="Ray Train run name, one folder under --storage-path (default: the output file's stem)"
     )
+    normalise: str | None = option(
+        None,
+        help="input normalisation: 'dataset' (training-set band statistics) or 'tile' (each tile's own valid "
+        "pixels); recorded in the artifact (default: dataset, or --init's)",
+        choices=NORMALISATIONS,
+    )
+    aug_scale: float = option(1.0, help="scale augmentation: windows resampled by a factor in [1/S, S] (1 = off)")
+    aug_blur: float = option(0.0, help="Gaussian blur augmentation: largest sigma in pixels (0 = off)")
+    aug_noise: float = option(0.0, help="Gaussian noise augmentation: largest sigma, fraction of the range (0 = off)")
+    aug_jpeg: int = option(0, help="JPEG-artefact augmentation: lowest quality 1..95 (0 = off)")
+    aug_colour: float = option(0.0, help="colour augmentation: per-band gain, gamma and hue strength (0 = off)")
+    aug_prob: float = option(0.5, help="probability that each augmentation is applied to a sample")
+    init: str | None = option(
+        None, help="start from this artifact's weights (architecture, classes, bands, normalisation from it)",
+        metavar="MODEL.keras",
+    )  # fmt: skip
+    freeze_encoder_epochs: int = option(0, help="with --init: epochs during which the encoder is not trained")
     jitter: float = option(0.1, help="brightness/contrast jitter of the samples", cli=False)
     sync_bn: bool = option(True, help="BatchNorm statistics over the global batch when workers > 1", cli=False)
 
@@ -122,6 +158,27 @@ class TrainOptions:
         check(steps is None or steps >= 1, "--steps-per-epoch", f"must be >= 1, got {steps}")
         check(self.max_failures >= -1, "--max-failures", f"must be >= -1, got {self.max_failures}")
         check(self.jitter >= 0, "jitter", f"must be >= 0, got {self.jitter}")
+        check(self.aug_scale >= 1, "--aug-scale", f"must be >= 1 (1 = off), got {self.aug_scale}")
+        for flag, v in (
+            ("--aug-blur", self.aug_blur),
+            ("--aug-noise", self.aug_noise),
+            ("--aug-colour", self.aug_colour),
+        ):
+            check(v >= 0, flag, f"must be >= 0, got {v}")
+        check(self.aug_colour < 1, "--aug-colour", f"must be < 1, got {self.aug_colour}")
+        check(self.aug_jpeg == 0 or 1 <= self.aug_jpeg <= 95, "--aug-jpeg", f"must be 0 or 1..95, got {self.aug_jpeg}")
+        check(0 <= self.aug_prob <= 1, "--aug-prob", f"must be in [0, 1], got {self.aug_prob}")
+        check(
+            self.freeze_encoder_epochs >= 0,
+            "--freeze-encoder-epochs",
+            f"must be >= 0, got {self.freeze_encoder_epochs}",
+        )
+        check(
+            self.freeze_encoder_epochs == 0 or self.init is not None,
+            "--freeze-encoder-epochs",
+            "needs --init (a fresh encoder has nothing worth freezing)",
+        )
+        check(self.init is None or Path(self.init).suffix == ".keras", "--init", f"{self.init}: not a .keras artifact")
 
     def _check_lists(self) -> None:
         """Lists: non-empty, one per dir where they pair up, classes that fit a mask."""
@@ -133,6 +190,25 @@ class TrainOptions:
             if dirs is not None and of is not None:
                 check(len(dirs) == len(of), flag, f"{len(of)} images dir(s) but {len(dirs)} mask dir(s): one each")
         check(self.val_masks is None or self.val_images is not None, "--val-masks", "needs --val-images")
+        if self.labels is not None:
+            check(len(self.labels) == len(self.images), "--labels", f"{len(self.images)} images dir(s) but "
+                  f"{len(self.labels)} label file(s): one each ('-' for a dir with masks)")  # fmt: skip
+            check(any(v != "-" for v in self.labels), "--labels", "every entry is '-': give a label file")
+            if self.masks is not None:
+                both = [
+                    i for i, (m, v) in enumerate(zip(self.masks, self.labels, strict=True)) if m != "-" and v != "-"
+                ]
+                check(not both, "--masks", f"--images dir {both[:1]} has both a mask dir and a label file: use '-'")
+        elif self.masks is not None:
+            check("-" not in self.masks, "--masks", "'-' is for dirs labelled by --labels, and no --labels is given")
+        check(self.aoi is None or self.labels is not None, "--aoi", "needs --labels")
+        if self.aoi is not None and self.labels is not None:
+            check(
+                len(self.aoi) == len(self.labels),
+                "--aoi",
+                f"one per --labels entry ('-' for none), got {len(self.aoi)}",
+            )
+        check(self.label_field is None or self.labels is not None, "--label-field", "needs --labels")
         check(self.bands is None or (len(self.bands) > 0 and min(self.bands) >= 1), "--bands", "1-based band numbers")
         weights = self.class_weights
         check(

@@ -14,7 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from tileseg.data import Pair, band_statistics, find_pairs, split_pairs
+from tileseg.artifact import ModelMeta, read_metadata
+from tileseg.data import Pair, band_statistics, find_pairs, find_vector_pairs, split_pairs
+from tileseg.errors import OptionError
+from tileseg.labels import LabelSpec
 from tileseg.train.options import TrainOptions
 
 
@@ -33,6 +36,9 @@ class TrainPlan:
     train_pairs: tuple[Pair, ...]
     pair_weights: tuple[float, ...]  # sampling weight per training pair
     val_pairs: tuple[Pair, ...]
+    normalisation: str = "dataset"  # "dataset" or "tile" (see tileseg.artifact.NORMALISATIONS)
+    gsd: float | None = None  # median m/px of the training rasters (None: none is georeferenced)
+    init_from: str | None = None  # the artifact whose weights training starts from (--init)
     resume_from: str | None = None  # the checkpoint folder `--resume` continues from
     trace_dir: str | None = None  # diagnostics: every worker saves its weights after every step here
 
@@ -53,12 +59,78 @@ class TrainPlan:
         return replace(self, options=replace(self.options, **changes))
 
 
-def _collect_pairs(images: Sequence[str], masks: Sequence[str] | None) -> list[list[Pair]]:
-    """Pairs of every images dir (with its masks dir, or as a data dir with images/ and masks/), per dir."""
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def label_specs(options: TrainOptions) -> list[LabelSpec | None]:
+    """Per --images dir, its vector labels (absolute paths) or None for a dir with masks."""
+    if options.labels is None:
+        return [None] * len(options.images)
+    aois = options.aoi or ("-",) * len(options.labels)
+    return [
+        None if v == "-" else LabelSpec(_absolute(v), tuple(options.classes), options.label_field,
+                                        None if a == "-" else _absolute(a))
+        for v, a in zip(options.labels, aois, strict=True)
+    ]  # fmt: skip
+
+
+def _collect_pairs(
+    images: Sequence[str], masks: Sequence[str] | None, labels: Sequence[LabelSpec | None] | None = None
+) -> list[list[Pair]]:
+    """Pairs of every images dir (with its masks dir, its vector labels, or as a data dir with images/ and
+    masks/), per dir."""
     # Absolute paths: Ray Train workers run in their own working directory.
     absolute = [Path(f).expanduser().resolve() for f in images]
-    mask_dirs = [Path(f).expanduser().resolve() for f in masks] if masks is not None else None
-    return [find_pairs(folder, mask_dirs[i] if mask_dirs else None) for i, folder in enumerate(absolute)]
+    mask_dirs = [None if f == "-" else Path(f).expanduser().resolve() for f in masks] if masks is not None else None
+    out = []
+    for i, folder in enumerate(absolute):
+        spec = labels[i] if labels else None
+        out.append(find_vector_pairs(folder, spec) if spec else find_pairs(folder, mask_dirs[i] if mask_dirs else None))
+    return out
+
+
+def median_gsd(pairs: Sequence[Pair], sample: int = 200) -> float | None:
+    """Median ground sampling distance (m/px) of (an even sample of) the training rasters; an image without
+    a CRS takes its mask's (same grid by contract), and a pair with neither is skipped."""
+    from tileseg.errors import RasterError
+    from tileseg.raster import open_info
+
+    picked = [pairs[int(i)] for i in np.unique(np.linspace(0, len(pairs) - 1, min(sample, len(pairs))).astype(int))]
+    values = []
+    for pair in picked:
+        for path in (pair.image, pair.mask):
+            if path is None:
+                continue
+            try:
+                gsd = open_info(path).gsd
+            except RasterError:
+                gsd = None
+            if gsd:
+                values.append(gsd)
+                break
+    return float(np.median(values)) if values else None
+
+
+def _init_options(options: TrainOptions) -> tuple[TrainOptions, ModelMeta | None]:
+    """With --init: the options with the artifact's architecture and classes (a conflicting value given on
+    the command line is an error: the weights could not be loaded), and the artifact's metadata."""
+    if options.init is None:
+        return options, None
+    meta = read_metadata(Path(options.init).expanduser())
+    defaults = TrainOptions.__dataclass_fields__
+    taken = {"arch": meta.arch, "classes": tuple(meta.classes)}
+    if meta.base_filters is not None:
+        taken["base_filters"] = meta.base_filters
+    if meta.depth is not None:
+        taken["depth"] = meta.depth
+    for key, value in taken.items():
+        given = getattr(options, key)
+        if given != defaults[key].default and given != value:
+            raise OptionError(f"--{key.replace('_', '-')}: {given!r} conflicts with --init {options.init} ({value!r})")
+    if options.bands is not None and len(options.bands) != len(meta.bands):
+        raise OptionError(f"--bands: {len(options.bands)} band(s) but --init {options.init} takes {len(meta.bands)}")
+    return replace(options, **taken), meta
 
 
 def _sampling_weights(sources: Sequence[Sequence[Pair]], shares: Sequence[float] | None, tile: int) -> list[float]:
@@ -86,8 +158,9 @@ def prepare(options: TrainOptions, *, trace_dir: str | Path | None = None) -> Tr
     """Resolve pairs, the validation split, bands and normalisation statistics: the workers' plan."""
     from tileseg.raster import check_bands, open_info
 
+    options, init = _init_options(options)
     images, val_images = _dirs(options)
-    sources = _collect_pairs(images, options.masks)
+    sources = _collect_pairs(images, options.masks, label_specs(options))
     if val_images:
         val_masks = options.val_masks if options.val_images else None
         val_pairs = [p for pairs in _collect_pairs(val_images, val_masks) for p in pairs]
@@ -95,8 +168,14 @@ def prepare(options: TrainOptions, *, trace_dir: str | Path | None = None) -> Tr
         held = [split_pairs(pairs, options.val_fraction, options.seed + i) for i, pairs in enumerate(sources)]
         sources, val_pairs = [t for t, _ in held], [p for _, v in held for p in v]
     train_pairs = [p for pairs in sources for p in pairs]
-    bands = tuple(int(b) for b in check_bands(open_info(train_pairs[0].image), options.bands))
+    if init is not None and options.bands is None:
+        bands = tuple(init.bands)
+    else:
+        bands = tuple(int(b) for b in check_bands(open_info(train_pairs[0].image), options.bands))
     stats = band_statistics(train_pairs, list(bands), len(options.classes))
+    if init is not None:  # the model learnt on the artifact's normalisation: keep it
+        stats = {**stats, "mean": list(init.mean), "std": list(init.std)}
+    normalisation = options.normalise or (init.normalisation if init is not None else "dataset")
     steps = options.steps_per_epoch
     if steps is None:
         area = sum(max(1.0, p.height * p.width / options.tile**2) for p in train_pairs)
@@ -113,5 +192,8 @@ def prepare(options: TrainOptions, *, trace_dir: str | Path | None = None) -> Tr
         train_pairs=tuple(train_pairs),
         pair_weights=tuple(_sampling_weights(sources, options.source_weights, options.tile)),
         val_pairs=tuple(val_pairs),
+        normalisation=normalisation,
+        gsd=median_gsd(train_pairs),
+        init_from=_absolute(options.init) if options.init else None,
         trace_dir=str(Path(trace_dir).resolve()) if trace_dir else None,
     )

@@ -8,6 +8,7 @@ summed across workers, so N workers compute exactly the step one worker computes
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from tileseg.augment import Augment
 from tileseg.data import Pair, TileSampler, shard_indices, validation_tiles
 from tileseg.grid import TileGrid
 from tileseg.mask import NODATA
@@ -45,6 +47,14 @@ def _prefetch(batches: Iterator[Any], depth: int = 2) -> Iterator[Any]:
         yield item
 
 
+def augmentations(options: Any) -> Augment:
+    """The sampler's augmentations from the training options."""
+    o = options
+    return Augment(
+        scale=o.aug_scale, blur=o.aug_blur, noise=o.aug_noise, jpeg=o.aug_jpeg, colour=o.aug_colour, prob=o.aug_prob
+    )
+
+
 class Trainer:
     """One worker's replica of the model with its optimizer, loss, sample stream and validation."""
 
@@ -65,7 +75,13 @@ class Trainer:
         keras.mixed_precision.set_global_policy(o.precision)
         with self.strategy.scope():
             self.model = self._build_model()
+            if plan.init_from:
+                self._load_init(plan.init_from)
             self.optimizer = self._build_optimizer()
+        encoder = tuple(n for n in ("enc", "bottleneck"))
+        self._decoder_variables = [
+            v for layer in self.model.layers if not layer.name.startswith(encoder) for v in layer.trainable_variables
+        ]
         self.loss_fn = make_loss(self.num_classes, self.global_batch, dice=o.dice, class_weights=o.class_weights)
         self.sampler = TileSampler(
             list(plan.train_pairs),
@@ -77,8 +93,11 @@ class Trainer:
             seed=o.seed,
             jitter=o.jitter,
             pair_weights=list(plan.pair_weights),
+            augmentations=augmentations(o),
+            normalisation=plan.normalisation,
         )
         self._step = tf.function(self._distributed_step, reduce_retracing=True)
+        self._frozen_step = tf.function(functools.partial(self._distributed_step, frozen=True), reduce_retracing=True)
         spec = tf.TensorSpec([None, None, None, len(plan.bands)], tf.float32)
         self._infer = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
 
@@ -98,6 +117,16 @@ class Trainer:
                     layer.synchronized = True
         return model
 
+    def _load_init(self, path: str) -> None:
+        """Start from an artifact's weights (--init): same architecture, so the weights map one to one."""
+        from tileseg.model import load_model
+
+        source, _ = load_model(path)
+        weights = source.get_weights()
+        if [w.shape for w in weights] != [tuple(v.shape) for v in self.model.weights]:
+            raise ValueError(f"{path}: its weights do not fit the model being trained")
+        self.model.set_weights(weights)
+
     def _build_optimizer(self) -> Any:
         """AdamW with a linear warmup (a 20th of the run, at most an epoch) then cosine decay."""
         import keras
@@ -112,22 +141,24 @@ class Trainer:
         optimizer.build(self.model.trainable_variables)
         return optimizer
 
-    def _replica_step(self, x, labels, weights):
-        """Forward, loss (already / global batch), gradients; Keras all-reduces them across replicas."""
+    def _replica_step(self, x, labels, weights, frozen=False):
+        """Forward, loss (already / global batch), gradients; Keras all-reduces them across replicas.
+        `frozen`: only the decoder's variables are trained (the encoder's stay as they are)."""
         import tensorflow as tf
 
+        variables = self._decoder_variables if frozen else self.model.trainable_variables
         with tf.GradientTape() as tape:
             probs = self.model(x, training=True)
             loss = self.loss_fn(labels, weights, probs)
-        grads = tape.gradient(loss, self.model.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables, strict=True))
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(grads, variables, strict=True))
         return loss
 
-    def _distributed_step(self, x, labels, weights):
+    def _distributed_step(self, x, labels, weights, frozen=False):
         """One synchronous step on every replica; returns the global mean loss."""
         import tensorflow as tf
 
-        per_replica = self.strategy.run(self._replica_step, args=(x, labels, weights))
+        per_replica = self.strategy.run(self._replica_step, args=(x, labels, weights), kwargs={"frozen": frozen})
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     def local_batches(self, epoch: int) -> Iterator[Batch]:
@@ -138,8 +169,9 @@ class Trainer:
     def train_epoch(self, epoch: int, on_step: Callable[[int, int], None] | None = None) -> float:
         """One epoch of steps; returns the mean (global) training loss."""
         total = 0.0
+        step_fn = self._frozen_step if epoch < self.plan.options.freeze_encoder_epochs else self._step
         for step, (x, labels, weights) in enumerate(_prefetch(self.local_batches(epoch))):
-            total += float(self._step(x, labels, weights))
+            total += float(step_fn(x, labels, weights))
             if on_step is not None:
                 on_step(epoch, step)
         return total / self.steps_per_epoch
@@ -158,7 +190,7 @@ class Trainer:
         plan = self.plan
         return validation_tiles(
             list(pairs), tile=plan.tile, bands=list(plan.bands), mean=list(plan.mean), std=list(plan.std),
-            num_classes=self.num_classes,
+            num_classes=self.num_classes, normalisation=plan.normalisation,
         )  # fmt: skip
 
     def _predicted(self, tiles: Iterator[Batch], mine: Callable[[int], bool]) -> Iterator[tuple[int, Batch, Any]]:
