@@ -226,6 +226,30 @@ def _describe_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _reusable(
+    root: zarr.Group, name: str, layout: Mapping[str, Any], plan: Mapping[str, Any] | None, overwrite: bool
+) -> bool:
+    """Whether the existing group `name` can be resumed as it is; if not, why (StoreError), or it is removed
+    (an overwrite, or a creation that was interrupted before its layout was written)."""
+    old = root[name]
+    old_layout = old.attrs.get("layout") if isinstance(old, zarr.Group) else None
+    if old_layout == layout and not overwrite:
+        old_plan = old.attrs.get("plan")
+        if plan is not None and old_plan is not None and old_plan != json_safe(dict(plan)):
+            raise StoreError(
+                f"{name}: cannot resume: this image was planned differently before "
+                f"({plan_difference(old_plan, json_safe(dict(plan)))}); use a new store or --overwrite"
+            )
+        return True
+    if old_layout is not None and not overwrite:
+        raise StoreError(
+            f"{name}: the store already holds this image with a different layout "
+            f"({_describe_diff(old_layout, layout)}); use a new store or overwrite=True"
+        )
+    del root[name]
+    return False
+
+
 def create_image_group(
     store: StoreLike,
     name: str,
@@ -258,23 +282,8 @@ def create_image_group(
     layout = _layout(info, classes, chunk, num_blocks, prob_dtype)
 
     root = zarr.open_group(_store_arg(store), mode="a", zarr_format=3)
-    if name in root:
-        old = root[name]
-        old_layout = old.attrs.get("layout") if isinstance(old, zarr.Group) else None
-        if old_layout == layout and not overwrite:
-            old_plan = old.attrs.get("plan")
-            if plan is not None and old_plan is not None and old_plan != json_safe(dict(plan)):
-                raise StoreError(
-                    f"{name}: cannot resume: this image was planned differently before "
-                    f"({plan_difference(old_plan, json_safe(dict(plan)))}); use a new store or --overwrite"
-                )
-            return
-        if old_layout is not None and not overwrite:
-            raise StoreError(
-                f"{name}: the store already holds this image with a different layout "
-                f"({_describe_diff(old_layout, layout)}); use a new store or overwrite=True"
-            )
-        del root[name]  # overwrite requested, or an earlier creation was interrupted (no layout attr)
+    if name in root and _reusable(root, name, layout, plan, overwrite):
+        return
 
     h, w = info.height, info.width
     sref, xattrs, yattrs, proj = _crs_attrs(info.crs, info.transform)
