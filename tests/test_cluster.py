@@ -32,6 +32,8 @@ from tileseg.grid import Window
 from tileseg.predict import TilePredictor, to_mask
 from tileseg.stitch import predict_array
 
+pytestmark = pytest.mark.slow  # real multi-process Ray clusters: about 2 minutes together
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

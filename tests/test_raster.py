@@ -149,7 +149,7 @@ def test_uris_and_gdal_paths_pass_unchecked(tmp_path: Path) -> None:
     assert paths == uris  # not stat'ed, not made absolute, deduplicated by string, in input order
     assert skipped == [
         ("s3://bucket/notes.txt", "not a raster: unknown extension '.txt'"),
-        ("/vsis3/bucket/*.tif", "patterns are not expanded in URIs or GDAL virtual paths"),
+        ("/vsis3/bucket/*.tif", "patterns are not expanded in GDAL virtual paths (use the URL form)"),
     ]
 
 

@@ -75,6 +75,7 @@ def _intrude(gcs_address: str, env: dict[str, str]) -> subprocess.CompletedProce
     )
 
 
+@pytest.mark.slow
 def test_embedded_ray_needs_the_session_token_and_listens_on_loopback(ray_env, tmp_path):
     """With RAY_AUTH_MODE=disabled in the caller's and the intruder's environment, a process without the
     session's token cannot join; with it, it can (so the refusal is the token's doing). Every port the

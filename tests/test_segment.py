@@ -314,7 +314,16 @@ def test_signed_8bit_and_complex_pixels_are_named(ray_local, data_dir, tiny_mode
         dst.write(np.ones((3, 64, 64), np.complex64))
     good = str(data_dir / "rasterio" / "shade.tif")
     summary = segment(inputs=[str(bad), good], out=tmp_path / "o.zarr", model=tiny_model_path, bands=(1, 1, 1),
-                      progress=False)  # fmt: skip
+                      vectorize=str(tmp_path / "b.parquet"), progress=False)  # fmt: skip
     by_name = {Path(r.path).name: r for r in summary.images}
     assert by_name["complex.tif"].status == "failed" and "complex pixels" in by_name["complex.tif"].error
     assert by_name["shade.tif"].status == "done"
+    # --vectorize: the finished image's polygons, as `tileseg vectorize` writes them.
+    import geopandas as gpd
+
+    from tileseg.vectorize import vectorize_store
+
+    written = gpd.read_parquet(tmp_path / "b.parquet")
+    assert set(written["image"]) <= {"shade"} and written.crs is not None
+    expected = vectorize_store(tmp_path / "o.zarr", use_ray=False)
+    assert len(written) == len(expected) and written.geometry.area.sum() == expected.geometry.area.sum()

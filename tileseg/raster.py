@@ -410,6 +410,10 @@ def _list_remote(url: str) -> tuple[list[str], str | None]:
     """
     import fsspec
 
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    if not glob.has_magic(url) and not url.endswith("/") and _ending(name):
+        why = _classify(url)  # an object named directly: a raster by its name, or not one (no request made)
+        return ([url], None) if why is None else ([], why)
     try:
         fs, path = fsspec.core.url_to_fs(url)
         protocol = url.split("://", 1)[0]
@@ -417,7 +421,7 @@ def _list_remote(url: str) -> tuple[list[str], str | None]:
             keys = sorted(k for k in fs.glob(path) if not fs.isdir(k))
             if not keys:
                 return [], "no objects match this pattern"
-        elif url.endswith("/") or (_classify(url) is not None and fs.isdir(path)):
+        elif url.endswith("/") or fs.isdir(path):
             keys = sorted(fs.find(path))
             if not keys:
                 return [], "no objects under this prefix (or no such bucket)"

@@ -87,6 +87,14 @@ def _segment(job: Resolved, t0: float) -> Summary:
     contract.write_run_file(job.out, contract.SUMMARY_FILE, json.dumps(json_safe(summary.to_dict()), indent=2))
     if options.progress:
         print_summary(summary)
+    done = [r.group for r in reports if r.status == "done"]
+    if options.vectorize and done:
+        from tileseg.vectorize import vectorize_store, write_vectors
+
+        gdf = vectorize_store(job.out, groups=done, use_ray=False)
+        path = write_vectors(gdf, options.vectorize)
+        if options.progress:
+            print(f"{path}: {len(gdf)} objects from {len(done)} image(s)")
     return summary
 
 

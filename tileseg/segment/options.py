@@ -64,6 +64,12 @@ class SegmentOptions:
     resume: bool = option(False, help="continue a store: only blocks not yet written")
     overwrite: bool = option(False, help="replace an existing store")
     fail_fast: bool = option(False, help="stop at the first failing image")
+    vectorize: str | None = option(
+        None,
+        metavar="FILE",
+        help="also write the polygons of every class but the first of the finished images to FILE "
+        "(.parquet GeoParquet, .gpkg, .fgb, .geojson), as `tileseg vectorize` does",
+    )
     stall_timeout: float = option(900.0, help="fail if no block finishes for this many seconds")
     address: str | None = option(None, help="Ray address (default: RAY_ADDRESS, else embedded)")
     num_cpus: int | None = option(None, help="CPUs for an embedded Ray (default: all)")
@@ -146,6 +152,13 @@ def resolve(o: SegmentOptions) -> Resolved:
     check(o.num_cpus is None or o.num_cpus >= 1, "--num-cpus", f"must be >= 1, got {o.num_cpus}")
     gpus = o.gpus_per_actor
     check(gpus is None or gpus >= 0, "--gpus-per-actor", f"must be >= 0, got {gpus}")
+    if o.vectorize is not None:
+        from tileseg.vectorize.write import format_for
+
+        try:
+            format_for(o.vectorize)
+        except ValueError as exc:
+            check(False, "--vectorize", str(exc))
     check(o.stall_timeout > 0, "--stall-timeout", f"must be > 0 seconds, got {o.stall_timeout}")
     check(o.blend in BLENDS, "--blend", f"must be one of {', '.join(BLENDS)}, got {o.blend!r}")
     check(
