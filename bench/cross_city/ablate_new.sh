@@ -16,8 +16,8 @@ $PY -m tileseg.cli train --images /tmp/exp/kathmandu_west/images --labels $KT/bu
   --lr 3e-4 --batch-size 8 --tile 256 --dice --precision mixed_bfloat16 --workers 1 --cpus-per-worker 2 --seed 0 \
   --val-fraction 0.1 --storage-path /tmp/exp/runs --name ft_old_kathmandu --out /tmp/exp/ft_old_kathmandu.keras > /tmp/exp/ft_old_kathmandu.log 2>&1
 echo "ft_old_kathmandu train rc=$? $(( $(date +%s) - start )) s" >> $out
-$PY /tmp/exp/score_new.py /tmp/exp/old_kathmandu.keras /tmp/exp/kathmandu_east/images /tmp/exp/kathmandu_east/masks | sed 's/^/old before fine-tuning (east): /' >> $out 2>/dev/null
-$PY /tmp/exp/score_new.py /tmp/exp/ft_old_kathmandu.keras /tmp/exp/kathmandu_east/images /tmp/exp/kathmandu_east/masks | sed 's/^/old after fine-tuning (east): /' >> $out 2>/dev/null
+$PY /tmp/exp/score.py /tmp/exp/old_kathmandu.keras /tmp/exp/kathmandu_east/images /tmp/exp/kathmandu_east/masks | sed 's/^/old before fine-tuning (east): /' >> $out 2>/dev/null
+$PY /tmp/exp/score.py /tmp/exp/ft_old_kathmandu.keras /tmp/exp/kathmandu_east/images /tmp/exp/kathmandu_east/masks | sed 's/^/old after fine-tuning (east): /' >> $out 2>/dev/null
 for variant in dataset_norm noaug; do
   case $variant in
     dataset_norm) extra="--normalise dataset $augs --source-weights 1 1";;
@@ -26,6 +26,6 @@ for variant in dataset_norm noaug; do
   name=abl_${variant}_kathmandu; start=$(date +%s)
   $PY -m tileseg.cli train --images $K $Z $extra --out /tmp/exp/$name.keras --name $name $common > /tmp/exp/$name.log 2>&1
   echo "$name train rc=$? $(( $(date +%s) - start )) s" >> $out
-  $PY /tmp/exp/score_new.py /tmp/exp/$name.keras kathmandu >> $out 2>/dev/null
+  $PY /tmp/exp/score.py /tmp/exp/$name.keras kathmandu >> $out 2>/dev/null
 done
 echo DONE >> $out

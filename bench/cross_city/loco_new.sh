@@ -14,11 +14,11 @@ run() {  # NAME HELD ARGS...
   start=$(date +%s)
   $PY -m tileseg.cli train "$@" --out /tmp/exp/$name.keras --name $name $common > /tmp/exp/$name.log 2>&1
   echo "$name train rc=$? $(( $(date +%s) - start )) s" >> $out
-  [ -n "$held" ] && $PY /tmp/exp/score_new.py /tmp/exp/$name.keras $held >> $out 2>/dev/null
+  [ -n "$held" ] && $PY /tmp/exp/score.py /tmp/exp/$name.keras $held >> $out 2>/dev/null
 }
 run new_kathmandu kathmandu --images $K $Z $new
 # fine-tuning: the Kathmandu-free model on ~20 western Kathmandu tiles (polygons), scored on the eastern part
-$PY /tmp/exp/score_new.py /tmp/exp/new_kathmandu.keras /tmp/exp/kathmandu_east/images /tmp/exp/kathmandu_east/masks | sed 's/^/before fine-tuning (east): /' >> $out 2>/dev/null
+$PY /tmp/exp/score.py /tmp/exp/new_kathmandu.keras /tmp/exp/kathmandu_east/images /tmp/exp/kathmandu_east/masks | sed 's/^/before fine-tuning (east): /' >> $out 2>/dev/null
 start=$(date +%s)
 $PY -m tileseg.cli train --images /tmp/exp/kathmandu_west/images --labels $KT/buildings.geojson --aoi $KT/aoi.geojson \
   --label-field class --init /tmp/exp/new_kathmandu.keras --freeze-encoder-epochs 1 --epochs 5 --steps-per-epoch 24 \
@@ -26,7 +26,7 @@ $PY -m tileseg.cli train --images /tmp/exp/kathmandu_west/images --labels $KT/bu
   --val-fraction 0.1 --aug-scale 2 --aug-blur 1.5 --aug-noise 0.03 --aug-jpeg 30 --aug-colour 0.2 --aug-prob 0.5 \
   --storage-path /tmp/exp/runs --name ft_kathmandu --out /tmp/exp/ft_kathmandu.keras > /tmp/exp/ft_kathmandu.log 2>&1
 echo "ft_kathmandu train rc=$? $(( $(date +%s) - start )) s" >> $out
-$PY /tmp/exp/score_new.py /tmp/exp/ft_kathmandu.keras /tmp/exp/kathmandu_east/images /tmp/exp/kathmandu_east/masks | sed 's/^/after fine-tuning (east): /' >> $out 2>/dev/null
+$PY /tmp/exp/score.py /tmp/exp/ft_kathmandu.keras /tmp/exp/kathmandu_east/images /tmp/exp/kathmandu_east/masks | sed 's/^/after fine-tuning (east): /' >> $out 2>/dev/null
 run new_zanzibar zanzibar --images $K $KT/images --labels - $KT/buildings.geojson --aoi - $KT/aoi.geojson --label-field class $new
 run new_kampala kampala --images $Z $KT/images --labels - $KT/buildings.geojson --aoi - $KT/aoi.geojson --label-field class $new
 echo DONE >> $out

@@ -3,10 +3,11 @@
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, "/work/main")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's tileseg
 from tileseg.grid import Window  # noqa: E402
 from tileseg.metrics import class_scores, confusion_matrix  # noqa: E402
 from tileseg.predict import TilePredictor  # noqa: E402
@@ -53,4 +54,7 @@ def score(model, city, threads=2):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 4:  # MODEL IMAGES_DIR MASKS_DIR: a custom part of a city
+        CITIES["custom"] = [(sys.argv[2], sys.argv[3])]
+        sys.argv[2] = "custom"
     print(json.dumps(score(sys.argv[1], sys.argv[2])))
