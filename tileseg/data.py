@@ -27,6 +27,7 @@ from tileseg.grid import TileGrid, Window
 from tileseg.labels import LabelSpec, grid_box, labelled_part, rasterize_window
 from tileseg.mask import NODATA as IGNORE  # unlabelled pixels: excluded from loss and metrics
 from tileseg.raster import RASTER_EXTENSIONS, open_info, read_overview, read_window
+from tileseg.tta import d4  # the D4 element k on the first two axes, as TTA uses it
 
 
 @dataclass(frozen=True)
@@ -270,13 +271,6 @@ def band_statistics(
 
 
 # --- augmentation ----------------------------------------------------------------------------------
-
-
-def d4(array: np.ndarray, k: int) -> np.ndarray:
-    """The k-th (0..7) element of the dihedral group D4 applied to the first two axes of `array`."""
-    if k >= 4:
-        array = array[:, ::-1]
-    return np.rot90(array, k % 4, axes=(0, 1))
 
 
 def jitter(x: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
