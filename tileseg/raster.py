@@ -31,7 +31,7 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from tileseg.errors import RasterError
 from tileseg.grid import Window
-from tileseg.uri import gdal_cloud_options, gdal_path, is_remote, is_uri, redact
+from tileseg.uri import gdal_cloud_options, gdal_path, is_remote, is_uri, redact, url_of
 
 __all__ = [
     "RASTER_EXTENSIONS",
@@ -310,13 +310,14 @@ def _glob(pattern: str) -> tuple[list[tuple[str, bool]], list[str]]:
 
 
 def _identity(path: str) -> tuple[Any, ...]:
-    """What makes two inputs the same file: (device, inode) locally, the string itself for URIs.
+    """What makes two inputs the same file: (device, inode) locally, the URL for URIs (so s3://b/k and
+    /vsis3/b/k are one object).
 
     Two paths to one file, a file link and its target, and hard links all share an identity; a path that
     cannot be stat'ed (a dangling link, a vanished file) is identified by its absolute path.
     """
     if is_uri(path):
-        return ("uri", path)
+        return ("uri", url_of(path))
     try:
         st = os.stat(path)
     except OSError:
@@ -333,7 +334,7 @@ def discover(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
     reports files that merely look like rasters. Each file is listed once, under the first path that
     reaches it (inputs in the order given, each expanded in sorted order), found by its identity:
     device and inode for local files, so two paths, file links and hard links to it count once; the
-    string for URIs and GDAL virtual paths (/vsis3/..., s3://...), which are passed on unchecked.
+    URL for URIs and GDAL virtual paths (s3://b/k and /vsis3/b/k are one), which are passed on unchecked.
     """
     if isinstance(inputs, str | os.PathLike):
         inputs = [os.fspath(inputs)]

@@ -15,13 +15,13 @@ from pathlib import Path
 from tileseg import contract
 from tileseg.artifact import ModelMeta, model_digest, read_metadata, resolve_model
 from tileseg.blend import BLENDS
-from tileseg.errors import StoreExistsError
+from tileseg.errors import RasterError, StoreExistsError
 from tileseg.grid import DEFAULT_BLOCK, DEFAULT_CHUNK, Block
 from tileseg.options import check, int_list, option
 from tileseg.raster import ImageInfo
 from tileseg.stitch import TilingSpec
 from tileseg.store import PROBABILITY_DTYPES
-from tileseg.uri import absolute, is_uri
+from tileseg.uri import absolute, is_uri, object_identity, redact
 
 DESCRIPTION = """\
 Segment images (files, directories, globs) with a tileseg model into one Zarr store.
@@ -119,6 +119,12 @@ class Resolved:
         if not is_uri(info.path):
             st = os.stat(info.path)
             source.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
+        else:  # an object's version: its size and ETag (or last-modified), so a replaced object is noticed
+            try:
+                source.update(object_identity(info.path))
+            except Exception as exc:  # noqa: BLE001 - a store's own error, told in one line
+                first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
+                raise RasterError(f"{info.path}: cannot read the object's size and version ({redact(first)})") from None
         return {
             **self.settings(),
             "blocks": hashlib.sha256(repr([(b.region, b.read) for b in blocks]).encode()).hexdigest()[:16],

@@ -17,7 +17,7 @@ from tileseg.errors import RasterError, StoreError
 from tileseg.grid import Block
 from tileseg.segment.options import Resolved
 from tileseg.segment.work import WorkItem
-from tileseg.uri import absolute
+from tileseg.uri import absolute, redact
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def plan_image(job: Resolved, path: str, info: raster.ImageInfo | Exception, nam
     except (RasterError, StoreError, ValueError) as exc:
         return ImagePlan(path=path, warning=warning, error=str(exc))
     except Exception as exc:  # noqa: BLE001 - whatever one image does, the others are still planned
-        return ImagePlan(path=path, warning=warning, error=f"{path}: {type(exc).__name__}: {exc}")
+        return ImagePlan(path=path, warning=warning, error=redact(f"{path}: {type(exc).__name__}: {exc}"))
     done = store.done_blocks(job.out, name) if o.resume else set()
     # A block's pixels and valid mask in, its mask (and float32 probabilities) out.
     pixel_bytes = len(job.bands) * np.dtype(info.dtype).itemsize + 1

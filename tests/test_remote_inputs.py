@@ -1,0 +1,134 @@
+"""Remote inputs end to end: objects in the local S3 server (moto), named as URLs, GDAL virtual paths,
+prefixes and patterns, segment exactly like the same file on disk; bad ones fail alone, in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import zarr
+from rasterio.windows import Window as RioWindow
+from s3server import SECRET_KEY
+
+from tileseg import cli, raster
+from tileseg.uri import url_of
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One embedded Ray for this module's jobs (2 CPUs), shut down afterwards."""
+    import ray
+
+    from tileseg.segment import RaySession
+
+    with RaySession(num_cpus=2) as session:
+        yield session
+    assert not ray.is_initialized()
+
+
+@pytest.fixture(scope="module")
+def crop(data_dir, tmp_path_factory) -> Path:
+    """A 512 x 768 crop of the Kampala scene (two blocks of 512), georeferenced like the scene."""
+    scene = data_dir / "kampala" / "scene" / "kampala_z21_image.tif"
+    out = tmp_path_factory.mktemp("crop") / "kampala.tif"
+    with rasterio.open(scene) as src:
+        win = RioWindow(512, 256, 768, 512)
+        profile = {**src.profile, "height": 512, "width": 768, "transform": src.window_transform(win)}
+        profile.update(tiled=True, blockxsize=256, blockysize=256)
+        with rasterio.open(out, "w", **profile) as dst:
+            dst.write(src.read(window=win))
+    return out
+
+
+def test_an_object_and_its_gdal_path_are_one_input(s3_server, crop):
+    assert url_of("/vsis3/b/scenes/a.tif") == "s3://b/scenes/a.tif"
+    assert url_of("/vsicurl/https://h/a.tif") == "https://h/a.tif" and url_of("/data/a.tif") == "/data/a.tif"
+    url = s3_server.upload(crop, s3_server.bucket("ident") + "/scenes/kampala.tif")
+    paths, skipped = raster.discover([url, "/vsis3/ident/scenes/kampala.tif", "s3://ident/scenes/"])
+    assert paths == [url] and not skipped
+
+
+def test_remote_reads_run_under_the_cloud_settings(s3_server, crop):
+    """No directory listing on open, merged ranges and bounded caches are in force once a remote raster is read."""
+    from rasterio._env import get_gdal_config
+
+    url = s3_server.upload(crop, s3_server.bucket("ident") + "/scenes/settings.tif")
+    raster.read_window(url, raster.Window(0, 0, 64, 64))
+    assert get_gdal_config("GDAL_DISABLE_READDIR_ON_OPEN") == "EMPTY_DIR"
+    assert get_gdal_config("GDAL_HTTP_MERGE_CONSECUTIVE_RANGES") == "YES"
+    assert int(get_gdal_config("VSI_CACHE_SIZE")) <= 2**27 and int(get_gdal_config("CPL_VSIL_CURL_CACHE_SIZE")) <= 2**28
+
+
+def _segment(capfd, *args: str) -> tuple[int, str]:
+    rc = cli.main(["segment", *args, "--block", "512", "--chunk", "256"])
+    captured = capfd.readouterr()
+    return rc, captured.out + captured.err
+
+
+def _files_under(root: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in root.rglob("*") if p.is_file() and p.suffix != ".tmp")
+
+
+@pytest.mark.slow
+def test_remote_inputs_segment_like_the_local_file_and_bad_ones_fail_alone(
+    ray_local, s3_server, crop, tiny_model_path, tmp_path, capfd
+):
+    """One batch: the local crop, the same bytes as an object (URL + its /vsis3 path: one input), under a
+    prefix and matched by a pattern, plus a missing key, a missing bucket, an object that is not a raster
+    and a prefix with no rasters. The good ones give the local mask; each bad one is one line; exit 1."""
+    bucket = s3_server.bucket("remote-in")
+    url = s3_server.upload(crop, f"{bucket}/one/kampala.tif")
+    s3_server.upload(crop, f"{bucket}/prefix/sub/kampala.tif")
+    s3_server.upload(crop, f"{bucket}/pattern/kampala.tif")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a raster")
+    s3_server.upload(notes, f"{bucket}/bad/notes.tif")
+    s3_server.upload(notes, f"{bucket}/docs/readme.txt")
+    bad = {
+        f"{bucket}/one/missing.tif": "failed",
+        "s3://no-such-bucket-tileseg/x/scene.tif": "failed",
+        f"{bucket}/bad/notes.tif": "failed",
+        f"{bucket}/docs/": "skipped",
+    }
+    good = [str(crop), url, "/vsis3/" + url.removeprefix("s3://"), f"{bucket}/prefix/", f"{bucket}/pattern/*.tif"]
+    out = tmp_path / "batch.zarr"
+    rc, log = _segment(capfd, *good, *bad, "--out", str(out), "--model", str(tiny_model_path))
+    assert rc == 1, log
+    summary = json.loads((out / ".tileseg" / "summary.json").read_text())
+    rows = {r["path"]: r for r in summary["images"]}
+    done = [r for r in summary["images"] if r["status"] == "done"]
+    assert [r["path"] for r in done] == [
+        str(crop),
+        url,
+        f"{bucket}/prefix/sub/kampala.tif",
+        f"{bucket}/pattern/kampala.tif",
+    ]
+    root = zarr.open_group(str(out), mode="r")
+    expected = root[done[0]["group"]]["mask"][:]
+    assert expected.shape == (512, 768) and (expected != 255).all()
+    for r in done[1:]:
+        np.testing.assert_array_equal(root[r["group"]]["mask"][:], expected)
+    for path, status in bad.items():
+        assert rows[path]["status"] == status and "\n" not in rows[path]["error"], rows[path]
+        lines = [line for line in log.splitlines() if path in line]
+        assert len(lines) == 1, (path, lines)  # one line each in the printed report
+        if status == "failed":
+            assert rows[path]["error"].startswith(path)
+    assert SECRET_KEY not in log and SECRET_KEY not in _files_under(out)
+
+    # The plan records the object's version: a replaced object is not resumed as if unchanged.
+    source = root[done[1]["group"]].attrs["plan"]["source"]
+    assert source["size"] == crop.stat().st_size and source["etag"]
+    with rasterio.open(crop) as src:
+        profile, data = src.profile, src.read()
+    changed = tmp_path / "changed.tif"
+    with rasterio.open(changed, "w", **profile) as dst:
+        dst.write(255 - data)
+    s3_server.upload(changed, url)
+    rc, log = _segment(capfd, str(crop), url, "--out", str(out), "--model", str(tiny_model_path), "--resume")
+    rows = {r["path"]: r for r in json.loads((out / ".tileseg" / "summary.json").read_text())["images"]}
+    assert rc == 1 and rows[str(crop)]["status"] == "done" and rows[url]["status"] == "failed", log
+    assert "planned differently" in rows[url]["error"] and "source" in rows[url]["error"]
