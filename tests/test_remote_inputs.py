@@ -132,3 +132,48 @@ def test_remote_inputs_segment_like_the_local_file_and_bad_ones_fail_alone(
     rows = {r["path"]: r for r in json.loads((out / ".tileseg" / "summary.json").read_text())["images"]}
     assert rc == 1 and rows[str(crop)]["status"] == "done" and rows[url]["status"] == "failed", log
     assert "planned differently" in rows[url]["error"] and "source" in rows[url]["error"]
+
+
+@pytest.mark.slow
+def test_a_stac_item_collection_in_the_bucket_is_segmented(
+    ray_local, s3_server, crop, tiny_model_path, tmp_path, capfd
+):
+    """Items read from s3://; the image asset's relative href resolves against the document; the group is
+    named after the item and records it; an item without an image asset is one line naming it."""
+    bucket = s3_server.bucket("stac-in")
+    s3_server.upload(crop, f"{bucket}/scenes/kampala.tif")
+    cog = "image/tiff; application=geotiff; profile=cloud-optimized"
+    self_link = "https://example.org/stac/kampala/2024-05.json"
+    item = {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": "kampala/2024-05",
+        "properties": {"datetime": "2024-05-01T10:00:00Z"},
+        "links": [{"rel": "self", "href": self_link}],
+        "assets": {
+            "thumbnail": {"href": "../scenes/kampala.png", "type": "image/png", "roles": ["thumbnail"]},
+            "image": {"href": "../scenes/kampala.tif", "type": cog},
+        },
+    }
+    bare = {**item, "id": "no-image", "assets": {"thumbnail": item["assets"]["thumbnail"]}}
+    doc = tmp_path / "items.json"
+    doc.write_text(json.dumps({"type": "FeatureCollection", "features": [item, bare]}))
+    items_url = s3_server.upload(doc, f"{bucket}/catalog/items.json")
+    out = tmp_path / "stac.zarr"
+    rc, log = _segment(capfd, str(crop), items_url, "--out", str(out), "--model", str(tiny_model_path))
+    assert rc == 1, log  # the item without an image fails
+    rows = json.loads((out / ".tileseg" / "summary.json").read_text())["images"]
+    assert [(r["group"], r["status"]) for r in rows] == [
+        ("kampala", "done"),
+        ("kampala_2024-05", "done"),
+        (None, "failed"),
+    ]
+    assert rows[1]["path"] == f"{bucket}/scenes/kampala.tif"
+    assert rows[2]["error"].startswith(f"{items_url}#no-image: no image asset")
+    assert len([line for line in log.splitlines() if "#no-image" in line]) == 1
+    root = zarr.open_group(str(out), mode="r")
+    attrs = root["kampala_2024-05"].attrs["stac"]
+    assert attrs["item_id"] == "kampala/2024-05" and attrs["href"] == f"{bucket}/scenes/kampala.tif"
+    assert attrs["datetime"] == "2024-05-01T10:00:00Z" and attrs["self"] == self_link and attrs["asset"] == "image"
+    np.testing.assert_array_equal(root["kampala_2024-05"]["mask"][:], root["kampala"]["mask"][:])
+    assert SECRET_KEY not in log and SECRET_KEY not in _files_under(out)

@@ -39,8 +39,19 @@ DEFAULT_DEPTH = 4  # a model that does not say its depth must take tiles divisib
 class SegmentOptions:
     """Everything `tileseg segment` (and `segment()`) takes; lists given in Python become tuples."""
 
-    inputs: tuple[str, ...] = option(help="image files, directories or globs", positional=True, metavar="INPUT")
+    inputs: tuple[str, ...] = option(
+        help="image files, directories, globs, object URLs/prefixes (s3://, gs://, az://, https://, /vsis3/...) "
+        "or STAC Item/ItemCollection JSON",
+        positional=True,
+        metavar="INPUT",
+    )
     out: str = option(help="the Zarr store to write", metavar="STORE.zarr")
+    asset: str | None = option(
+        None,
+        metavar="NAME",
+        help="for STAC Item/ItemCollection inputs (.json): the asset to segment (default: the first with "
+        "role data or visual, or of type image/tiff)",
+    )
     model: str | None = option(None, help="a .keras artifact from `tileseg train` (default: the shipped model)")
     tile: int | None = option(None, help="tile size in pixels (default: the model's)")
     overlap: int | None = option(None, help="overlap between neighbouring tiles (default: tile/4)")
