@@ -20,7 +20,7 @@ from tileseg.grid import DEFAULT_BLOCK, DEFAULT_CHUNK, Block
 from tileseg.options import check, int_list, option
 from tileseg.raster import ImageInfo
 from tileseg.stitch import TilingSpec
-from tileseg.store import PROBABILITY_DTYPES
+from tileseg.store import PROBABILITY_DTYPES, ZARR_FORMATS, store_format
 from tileseg.uri import absolute, is_uri, object_identity, redact
 
 DESCRIPTION = """\
@@ -72,6 +72,13 @@ class SegmentOptions:
         DEFAULT_BLOCK, help="block side in pixels, a multiple of --chunk; a worker holds one block at a time"
     )
     chunk: int = option(DEFAULT_CHUNK, help="Zarr chunk side")
+    zarr_format: int | None = option(
+        None,
+        help="Zarr format of a new store: 3 (default) or 2, which GDAL < 3.11 (rasterio's wheels, older QGIS) "
+        "opens georeferenced; a resumed store keeps its own",
+        metavar="{2,3}",
+        parse=int,
+    )
     resume: bool = option(False, help="continue a store: only blocks not yet written")
     overwrite: bool = option(False, help="replace an existing store")
     fail_fast: bool = option(False, help="stop at the first failing image")
@@ -183,6 +190,7 @@ def resolve(o: SegmentOptions) -> Resolved:
         "--probability-dtype",
         f"must be one of {', '.join(PROBABILITY_DTYPES)}, got {o.probability_dtype!r}",
     )
+    check(o.zarr_format in (None, *ZARR_FORMATS), "--zarr-format", f"must be 2 or 3, got {o.zarr_format!r}")
     model_path = resolve_model(o.model)
     meta = read_metadata(model_path)
     tile = meta.tile if o.tile is None else o.tile
@@ -202,6 +210,12 @@ def resolve(o: SegmentOptions) -> Resolved:
         raise StoreExistsError(f"{out} exists: pass --resume to continue it or --overwrite to replace it")
     if o.resume:
         contract.check_resume(out)
+        kept = store_format(out)
+        check(
+            o.zarr_format in (None, kept),
+            "--zarr-format",
+            f"{out} is Zarr v{kept}; a resumed store keeps its format (drop --zarr-format or use a new store)",
+        )
     elif o.overwrite:
         contract.check_overwrite(out, [absolute(i) for i in o.inputs])
     tiling = TilingSpec(tile=int(tile), overlap=int(overlap), blend=o.blend, batch_size=int(o.batch_size))

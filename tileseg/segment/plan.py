@@ -82,7 +82,8 @@ def prepare_store(job: Resolved) -> None:
     try:
         if o.overwrite and not o.resume and contract.is_tileseg_store(job.out):
             contract.clear_store(job.out)  # checked in resolve(): a tileseg store holding no input; our lock stays
-        store.create_store(job.out, {"settings": job.settings(), "model": job.model_identity()})
+        attrs = {"settings": job.settings(), "model": job.model_identity()}
+        store.create_store(job.out, attrs, zarr_format=None if o.resume else o.zarr_format)
     except OSError as exc:  # a file in the way, no permission
         raise StoreError(f"cannot write {job.out}: {exc}") from None
 
