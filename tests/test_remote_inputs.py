@@ -138,8 +138,9 @@ def test_remote_inputs_segment_like_the_local_file_and_bad_ones_fail_alone(
 def test_a_stac_item_collection_in_the_bucket_is_segmented(
     ray_local, s3_server, crop, tiny_model_path, tmp_path, capfd
 ):
-    """Items read from s3://; the image asset's relative href resolves against the document; the group is
-    named after the item and records it; an item without an image asset is one line naming it."""
+    """Items read from s3:// (into a Zarr v2 store); the image asset's relative href resolves against the
+    document; the group is named after the item and records it; an item without an image asset is one
+    line naming it."""
     bucket = s3_server.bucket("stac-in")
     s3_server.upload(crop, f"{bucket}/scenes/kampala.tif")
     cog = "image/tiff; application=geotiff; profile=cloud-optimized"
@@ -160,7 +161,8 @@ def test_a_stac_item_collection_in_the_bucket_is_segmented(
     doc.write_text(json.dumps({"type": "FeatureCollection", "features": [item, bare]}))
     items_url = s3_server.upload(doc, f"{bucket}/catalog/items.json")
     out = tmp_path / "stac.zarr"
-    rc, log = _segment(capfd, str(crop), items_url, "--out", str(out), "--model", str(tiny_model_path))
+    args = ("--out", str(out), "--model", str(tiny_model_path), "--zarr-format", "2")  # and a v2 store end to end
+    rc, log = _segment(capfd, str(crop), items_url, *args)
     assert rc == 1, log  # the item without an image fails
     rows = json.loads((out / ".tileseg" / "summary.json").read_text())["images"]
     assert [(r["group"], r["status"]) for r in rows] == [
@@ -176,4 +178,8 @@ def test_a_stac_item_collection_in_the_bucket_is_segmented(
     assert attrs["item_id"] == "kampala/2024-05" and attrs["href"] == f"{bucket}/scenes/kampala.tif"
     assert attrs["datetime"] == "2024-05-01T10:00:00Z" and attrs["self"] == self_link and attrs["asset"] == "image"
     np.testing.assert_array_equal(root["kampala_2024-05"]["mask"][:], root["kampala"]["mask"][:])
+    assert root.metadata.zarr_format == 2
+    with rasterio.open(f'ZARR:"{out}":/kampala_2024-05/mask') as ds, rasterio.open(crop) as src:
+        assert ds.crs == src.crs and ds.transform.almost_equals(src.transform, precision=1e-9)
+        np.testing.assert_array_equal(ds.read(1), root["kampala"]["mask"][:])
     assert SECRET_KEY not in log and SECRET_KEY not in _files_under(out)

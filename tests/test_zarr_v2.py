@@ -98,12 +98,13 @@ def test_resume_keeps_the_stores_format(tmp_path: Path, tiny_model_path: Path) -
     assert sorted(p.name for p in out.rglob("*")) == before
 
 
+@pytest.mark.slow  # ~30 s: the moto server answers each small object request slowly
 def test_a_v2_store_in_a_bucket(s3_server, tmp_path: Path) -> None:
     tif = write_tif(tmp_path / "small.tif", np.arange(3 * 200 * 300, dtype=np.uint32).reshape(3, 200, 300) % 251)
     info = open_info(tif)
     url = s3_server.bucket("stores") + "/v2/run.zarr"
     st.create_store(url, {"command": "test"}, zarr_format=2)
-    expected = _fill(url, "small", info, probabilities=False)
+    expected = _fill(url, "small", info, chunk=128, probabilities=False)
     assert st.store_format(url) == 2 and contract.is_tileseg_store(url)
     assert st.image_groups(url) == ["small"] and st.done_blocks(url, "small") == set(range(6))
     np.testing.assert_array_equal(st.open_mask(url, "small")[:], expected)
