@@ -46,6 +46,7 @@ from tileseg.grid import Window
 from tileseg.jsonio import json_safe
 from tileseg.mask import MAX_CLASSES, NODATA
 from tileseg.raster import ImageInfo, path_stem
+from tileseg.uri import redact
 
 __all__ = [
     "MASK_NODATA",
@@ -406,8 +407,8 @@ def create_image_group(
     )
     a, b, c, d, e, f = (float(v) for v in info.transform)
     group_attrs = {
-        "source": info.path,
-        "image": info.to_dict(),
+        "source": redact(info.path),  # a signed URL's secrets are not recorded
+        "image": {**info.to_dict(), "path": redact(info.path)},
         "classes": classes,
         "chunk": chunk,
         "num_blocks": num_blocks,

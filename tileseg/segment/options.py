@@ -133,7 +133,7 @@ class Resolved:
 
     def image_plan(self, info: ImageInfo, blocks: Sequence[Block]) -> dict:
         """Everything that decides an image's output, recorded in its group: `--resume` refuses any change."""
-        source: dict = {"path": info.path, "height": info.height, "width": info.width, "dtype": info.dtype}
+        source: dict = {"path": redact(info.path), "height": info.height, "width": info.width, "dtype": info.dtype}
         if not is_uri(info.path):
             st = os.stat(info.path)
             source.update(size=st.st_size, mtime_ns=st.st_mtime_ns)

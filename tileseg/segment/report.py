@@ -54,6 +54,8 @@ class ImageReport:
     def result(self) -> ImageResult:
         d = asdict(self)
         d.pop("errors")
+        for key in ("path", "error", "warning"):  # what is recorded and shown carries no credentials
+            d[key] = None if d[key] is None else redact(d[key])
         d["seconds"] = round(d["seconds"], 3)
         return ImageResult(**d)
 
