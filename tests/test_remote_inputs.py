@@ -185,3 +185,41 @@ def test_a_stac_item_collection_in_the_bucket_is_segmented(
         assert ds.crs == src.crs and ds.transform.almost_equals(src.transform, precision=1e-9)
         np.testing.assert_array_equal(ds.read(1), root["kampala"]["mask"][:])
     assert SECRET_KEY not in log and SECRET_KEY not in _files_under(out)
+
+
+@pytest.fixture
+def wrong_credentials(s3_server, monkeypatch):
+    """The S3 server checks signatures (moto's own switch), and this process holds a real access key id
+    with the wrong secret: every request is refused. Checks are off again afterwards."""
+    import boto3
+    import requests
+
+    iam = boto3.client("iam", endpoint_url=s3_server.endpoint)
+    iam.create_user(UserName="tileseg-wrong-secret")
+    key_id = iam.create_access_key(UserName="tileseg-wrong-secret")["AccessKey"]["AccessKeyId"]
+    requests.post(f"{s3_server.endpoint}/moto-api/reset-auth", data=b"0", timeout=10).raise_for_status()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)  # not this key's secret
+    try:
+        yield
+    finally:
+        requests.post(f"{s3_server.endpoint}/moto-api/reset-auth", data=b"inf", timeout=10).raise_for_status()
+
+
+def test_wrong_credentials_give_one_line_per_url(s3_server, crop, tiny_model_path, tmp_path, capfd, request):
+    bucket = s3_server.bucket("creds")
+    url = s3_server.upload(crop, f"{bucket}/scenes/fresh.tif")  # never opened before: no cached reads
+    s3_server.upload(crop, f"{bucket}/listed/a.tif")
+    inputs = [url, f"{bucket}/listed/", f"{bucket}/listed/*.tif"]
+    request.getfixturevalue("wrong_credentials")
+    out = tmp_path / "creds.zarr"
+    rc, log = _segment(capfd, *inputs, "--out", str(out), "--model", str(tiny_model_path))
+    assert rc == 1, log
+    rows = {r["path"]: r for r in json.loads((out / ".tileseg" / "summary.json").read_text())["images"]}
+    assert rows[url]["status"] == "failed" and rows[url]["error"].startswith(f"{url}: not a readable raster")
+    for prefix in inputs[1:]:
+        assert rows[prefix]["status"] == "skipped" and rows[prefix]["error"].startswith("cannot list")
+    for path in inputs:
+        assert "\n" not in rows[path]["error"] and "signature" in rows[path]["error"].lower()  # told why
+        assert len([line for line in log.splitlines() if path in line.split()]) == 1, (path, log)
+    assert "Traceback" not in log and SECRET_KEY not in log and SECRET_KEY not in _files_under(out)
