@@ -64,3 +64,32 @@ def test_an_item_collection_expands_to_its_images_and_bad_items_fail_alone(tmp_p
         stac.expand(str(tmp_path / "other.json"))
     with pytest.raises(RasterError, match=r"missing.json: cannot read the STAC document"):
         stac.expand(str(tmp_path / "missing.json"))
+
+
+def test_an_item_read_over_http_resolves_hrefs_against_its_url(tmp_path):
+    """A real web server on 127.0.0.1 serves the item; its relative asset href becomes a URL on that server."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    (tmp_path / "stac").mkdir()
+    item = _item("web-1", {"visual": {"href": "../cogs/web-1.tif", "roles": ["visual"]}})
+    (tmp_path / "stac" / "web-1.json").write_text(json.dumps(item))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        images, errors = stac.expand(f"{base}/stac/web-1.json")
+        assert not errors and [(i.item_id, i.asset, i.href) for i in images] == [
+            ("web-1", "visual", f"{base}/cogs/web-1.tif")
+        ]
+        with pytest.raises(RasterError, match=r"/stac/missing.json: cannot read the STAC document"):
+            stac.expand(f"{base}/stac/missing.json")
+    finally:
+        server.shutdown()
+        server.server_close()
