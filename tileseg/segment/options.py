@@ -24,7 +24,8 @@ from tileseg.store import PROBABILITY_DTYPES, ZARR_FORMATS, store_format
 from tileseg.uri import absolute, is_uri, object_identity, redact
 
 DESCRIPTION = """\
-Segment images (files, directories, globs) with a tileseg model into one Zarr store.
+Segment images (files, directories, globs; object URLs, prefixes and patterns such as
+s3://bucket/scenes/ or /vsis3/...; STAC Item/ItemCollection JSON) with a tileseg model into one Zarr store.
 
 Each image is cut into overlapping tiles on one global grid, the model runs on the tiles in a pool
 of Ray actors, and the predictions are blended back so no seam shows. The store holds one group per
