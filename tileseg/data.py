@@ -75,6 +75,12 @@ def is_folder(folder: Folder) -> bool:
         return False
 
 
+def _not_a_folder(folder: Folder) -> str:
+    if isinstance(folder, str):
+        return f"{redact(folder)}: no objects under this prefix (or no such bucket, or no access)"
+    return f"{folder}: not a directory"
+
+
 def _listing(folder: Folder) -> list[tuple[str, Path | str]]:
     """(file name, path or URL) of the files directly in `folder`, sorted by name."""
     if not isinstance(folder, str):
@@ -129,7 +135,7 @@ def find_pairs(images: str | Path, masks: str | Path | None = None, *, strict: b
     masks = as_folder(masks)
     for folder in (images, masks):
         if not is_folder(folder):
-            raise DataError(f"{redact(str(folder))}: not a directory (or a prefix with no objects)")
+            raise DataError(_not_a_folder(folder))
     image_files = _files(images, RASTER_EXTENSIONS)
     mask_files = _files(masks, RASTER_EXTENSIONS)
     orphans = sorted(set(image_files) - set(mask_files))
@@ -162,7 +168,7 @@ def find_vector_pairs(images: str | Path, labels: LabelSpec) -> list[Pair]:
     if is_folder(sub(folder, "images")):
         folder = sub(folder, "images")
     if not is_folder(folder):
-        raise DataError(f"{redact(str(folder))}: not a directory (or a prefix with no objects)")
+        raise DataError(_not_a_folder(folder))
     vector = labels.load()
     pairs = []
     for path in _files(folder, RASTER_EXTENSIONS).values():
