@@ -19,7 +19,7 @@ from urllib.parse import urljoin, urlsplit
 from tileseg.errors import RasterError
 from tileseg.uri import is_remote, is_uri, redact, scheme, url_of
 
-__all__ = ["StacImage", "expand", "is_stac", "items_of", "pick_asset", "read_json", "resolve_href"]
+__all__ = ["StacImage", "expand", "is_stac", "items_of", "pick_asset", "read_json", "resolve_href", "split_inputs"]
 
 _IMAGE_ROLES = ("data", "visual")
 
