@@ -51,15 +51,25 @@ def test_an_object_and_its_gdal_path_are_one_input(s3_server, crop):
     assert paths == [url] and not skipped
 
 
-def test_remote_reads_run_under_the_cloud_settings(s3_server, crop):
-    """No directory listing on open, merged ranges and bounded caches are in force once a remote raster is read."""
+def test_remote_reads_run_under_the_cloud_settings_and_local_ones_do_not(s3_server, crop, tmp_path):
+    """No directory listing on open, merged ranges and bounded caches while a remote raster is open; after
+    it, a local file's .msk sidecar (found by listing its directory) is still seen."""
     from rasterio._env import get_gdal_config
+    from rasters import write_tif
 
     url = s3_server.upload(crop, s3_server.bucket("ident") + "/scenes/settings.tif")
+    with raster._open(url) as ds:
+        ds.read(1, window=((0, 64), (0, 64)))
+        assert get_gdal_config("GDAL_DISABLE_READDIR_ON_OPEN") == "EMPTY_DIR"
+        assert get_gdal_config("GDAL_HTTP_MERGE_CONSECUTIVE_RANGES") == "YES"
+        assert int(get_gdal_config("VSI_CACHE_SIZE")) <= 2**27
+        assert int(get_gdal_config("CPL_VSIL_CURL_CACHE_SIZE")) <= 2**28
     raster.read_window(url, raster.Window(0, 0, 64, 64))
-    assert get_gdal_config("GDAL_DISABLE_READDIR_ON_OPEN") == "EMPTY_DIR"
-    assert get_gdal_config("GDAL_HTTP_MERGE_CONSECUTIVE_RANGES") == "YES"
-    assert int(get_gdal_config("VSI_CACHE_SIZE")) <= 2**27 and int(get_gdal_config("CPL_VSIL_CURL_CACHE_SIZE")) <= 2**28
+    valid = np.ones((20, 30), bool)
+    valid[5:10, 5:10] = False
+    local = write_tif(tmp_path / "m.tif", np.full((3, 20, 30), 9, np.uint8), mask=valid, internal_mask=False)
+    assert (tmp_path / "m.tif.msk").exists()
+    np.testing.assert_array_equal(raster.read_window(local, raster.Window(0, 0, 20, 30))[1], valid)
 
 
 def _segment(capfd, *args: str) -> tuple[int, str]:

@@ -8,7 +8,6 @@ it; outside the AOI, and on images that no polygon touches when no AOI is given,
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from pyproj import CRS, Transformer
 
 from tileseg.errors import DataError
 from tileseg.mask import NODATA
-from tileseg.uri import gdal_cloud_options, gdal_path, is_uri, redact, url_of
+from tileseg.uri import is_uri, redact, url_of
 
 
 def _read_frame(path: str | Path, what: str):
@@ -30,10 +29,11 @@ def _read_frame(path: str | Path, what: str):
     try:
         if str(path).lower().endswith((".parquet", ".geoparquet")):
             return gpd.read_parquet(url_of(str(path)) if is_uri(path) else path)  # URLs through fsspec
-        if is_uri(path):  # through GDAL's virtual file systems, with the object-storage settings
-            for key, value in gdal_cloud_options().items():
-                os.environ.setdefault(key, value)
-            return gpd.read_file(gdal_path(str(path)))
+        if is_uri(path):  # fetched through fsspec (label files are small), so no GDAL setting is changed
+            import fsspec
+
+            with fsspec.open(url_of(str(path)), "rb") as f:
+                return gpd.read_file(f)
         return gpd.read_file(path)
     except Exception as exc:  # noqa: BLE001 - pyogrio/pyarrow raise many kinds: one line naming the file
         raise DataError(redact(f"{path}: cannot read {what} ({str(exc).splitlines()[0][:200]})")) from None
