@@ -1,9 +1,9 @@
 """The store contract: tileseg deletes only a store it can prove is its own, one run writes a store at a
 time, and a resumed image must have been planned exactly as before.
 
-A tileseg store's root `zarr.json` carries a `tileseg` record (written by `store.create_store`); run
-files (the lock, `summary.json`) live in the `.tileseg` group, a name no image group can take (image
-group names never start with a dot).
+A tileseg store's root `zarr.json` (`.zattrs` in Zarr v2) carries a `tileseg` record (written by
+`store.create_store`); run files (the lock, `summary.json`) live in the `.tileseg` group, a name no
+image group can take (image group names never start with a dot).
 """
 
 from __future__ import annotations
@@ -81,6 +81,11 @@ def is_tileseg_store(path: str | os.PathLike[str]) -> bool:
     try:
         attrs = json.loads(fs.cat_file(f"{root}/zarr.json")).get("attributes") or {}
     except (OSError, ValueError, AttributeError):
+        try:  # a Zarr v2 store (--zarr-format 2): the attributes are in .zattrs
+            attrs = json.loads(fs.cat_file(f"{root}/.zattrs"))
+        except (OSError, ValueError):
+            return False
+    if not isinstance(attrs, Mapping):
         return False
     record = attrs.get("tileseg")
     return isinstance(record, Mapping) and "layout" in record

@@ -28,6 +28,10 @@ from tileseg.labels import LabelSpec, grid_box, labelled_part, rasterize_window
 from tileseg.mask import NODATA as IGNORE  # unlabelled pixels: excluded from loss and metrics
 from tileseg.raster import RASTER_EXTENSIONS, open_info, read_overview, read_window
 from tileseg.tta import d4  # the D4 element k on the first two axes, as TTA uses it
+from tileseg.uri import is_uri, redact, url_of
+
+# A folder is a local Path, or the URL of an object-store prefix (s3://bucket/data/images) as text.
+Folder = Path | str
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,8 @@ class Pair:
     """One training example: an image raster and its labels -- a mask raster of the same size, or vector
     labels (`labels`) rasterised onto the image's own grid (`crs`, `transform`) when a window is read."""
 
-    image: Path
-    mask: Path | None
+    image: Path | str  # a local path, or an object's URL
+    mask: Path | str | None
     height: int
     width: int
     labels: LabelSpec | None = None
@@ -47,19 +51,67 @@ class Pair:
 # --- finding and checking pairs -------------------------------------------------------------------
 
 
-def _files(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
+def as_folder(path: str | Path) -> Folder:
+    """A local folder as a Path; an object-store prefix (s3://..., /vsis3/...) as its URL, without a trailing /."""
+    text = str(path)
+    return url_of(text).rstrip("/") if is_uri(text) else Path(text)
+
+
+def sub(folder: Folder, name: str) -> Folder:
+    """`folder`/`name`, for paths and URLs alike."""
+    return f"{folder}/{name}" if isinstance(folder, str) else folder / name
+
+
+def is_folder(folder: Folder) -> bool:
+    """Whether `folder` is a directory, or a prefix with objects under it."""
+    if not isinstance(folder, str):
+        return folder.is_dir()
+    import fsspec
+
+    try:
+        fs, key = fsspec.core.url_to_fs(folder)
+        return bool(fs.isdir(key))
+    except Exception:  # noqa: BLE001 - no bucket, no access: not a folder we can read (the caller says so)
+        return False
+
+
+def _not_a_folder(folder: Folder) -> str:
+    if isinstance(folder, str):
+        return f"{redact(folder)}: no objects under this prefix (or no such bucket, or no access)"
+    return f"{folder}: not a directory"
+
+
+def _listing(folder: Folder) -> list[tuple[str, Path | str]]:
+    """(file name, path or URL) of the files directly in `folder`, sorted by name."""
+    if not isinstance(folder, str):
+        return [(p.name, p) for p in sorted(folder.iterdir()) if p.is_file()]
+    import fsspec
+
+    try:
+        fs, key = fsspec.core.url_to_fs(folder)
+        entries = fs.ls(key, detail=True)
+    except Exception as exc:  # noqa: BLE001 - each store fails its own way: one line naming the folder
+        why = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
+        raise DataError(f"{redact(folder)}: cannot list ({redact(why)})") from None
+    protocol = folder.split("://", 1)[0]
+    files = [e["name"] for e in entries if e.get("type") == "file"]
+    return sorted((name.rsplit("/", 1)[-1], f"{protocol}://{name}") for name in files)
+
+
+def _files(folder: Folder, suffixes: Sequence[str]) -> dict[str, Path | str]:
     """Files of `folder` with one of `suffixes`, by stem (a duplicate stem is an error: it is ambiguous)."""
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in suffixes and not path.name.startswith("."):
-            if path.stem in found:
-                other = found[path.stem].name
-                raise DataError(f"{folder}: two files with stem {path.stem!r}: {other}, {path.name}")
-            found[path.stem] = path
+    found: dict[str, Path | str] = {}
+    for name, path in _listing(folder):
+        stem, suffix = Path(name).stem, Path(name).suffix.lower()
+        if suffix in suffixes and not name.startswith("."):
+            if stem in found:
+                other = Path(str(found[stem])).name
+                raise DataError(f"{redact(str(folder))}: two files with stem {stem!r}: {other}, {name}")
+            found[stem] = path
     return found
 
 
-def _shape(path: Path) -> tuple[int, int, int]:
+def _shape(path: Path | str) -> tuple[int, int, int]:
     """(height, width, band count) of a raster, or a DataError naming the file."""
     try:
         info = open_info(path)
@@ -75,20 +127,20 @@ def find_pairs(images: str | Path, masks: str | Path | None = None, *, strict: b
     ignored.  Every pair is opened once to check it is readable and that both rasters have the same size,
     so a bad file fails here, by name, and not hours into training.
     """
-    images = Path(images)
+    images = as_folder(images)
     if masks is None:
-        if not (images / "images").is_dir() or not (images / "masks").is_dir():
+        if not is_folder(sub(images, "images")) or not is_folder(sub(images, "masks")):
             raise DataError(f"{images}: expected images and masks dirs, or a dir with images/ and masks/")
-        images, masks = images / "images", images / "masks"
-    masks = Path(masks)
+        images, masks = sub(images, "images"), sub(images, "masks")
+    masks = as_folder(masks)
     for folder in (images, masks):
-        if not folder.is_dir():
-            raise DataError(f"{folder}: not a directory")
+        if not is_folder(folder):
+            raise DataError(_not_a_folder(folder))
     image_files = _files(images, RASTER_EXTENSIONS)
     mask_files = _files(masks, RASTER_EXTENSIONS)
     orphans = sorted(set(image_files) - set(mask_files))
     if orphans:
-        shown = ", ".join(image_files[s].name for s in orphans[:5]) + (" ..." if len(orphans) > 5 else "")
+        shown = ", ".join(Path(str(image_files[s])).name for s in orphans[:5]) + (" ..." if len(orphans) > 5 else "")
         message = f"{images}: {len(orphans)} image(s) without a mask in {masks}: {shown}"
         if strict:
             raise DataError(message)
@@ -112,11 +164,11 @@ def find_vector_pairs(images: str | Path, labels: LabelSpec) -> list[Pair]:
     (outside the AOI, or untouched by any polygon without an AOI) are left out: they hold no labelled pixel."""
     from affine import Affine
 
-    folder = Path(images)
-    if (folder / "images").is_dir():
-        folder = folder / "images"
-    if not folder.is_dir():
-        raise DataError(f"{folder}: not a directory")
+    folder = as_folder(images)
+    if is_folder(sub(folder, "images")):
+        folder = sub(folder, "images")
+    if not is_folder(folder):
+        raise DataError(_not_a_folder(folder))
     vector = labels.load()
     pairs = []
     for path in _files(folder, RASTER_EXTENSIONS).values():
@@ -149,7 +201,7 @@ def split_pairs(pairs: Sequence[Pair], fraction: float, seed: int) -> tuple[list
 # --- reading ---------------------------------------------------------------------------------------
 
 
-def read_image(path: Path, window: Window, bands: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
+def read_image(path: Path | str, window: Window, bands: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
     """Boundless read of `window`: (pixels (h, w, C) float32 raw values, valid (h, w) bool)."""
     try:
         pixels, valid = read_window(path, window, bands=bands)
@@ -158,7 +210,7 @@ def read_image(path: Path, window: Window, bands: Sequence[int] | None) -> tuple
     return pixels.astype("float32"), valid
 
 
-def read_mask(path: Path, window: Window) -> tuple[np.ndarray, np.ndarray]:
+def read_mask(path: Path | str, window: Window) -> tuple[np.ndarray, np.ndarray]:
     """Boundless read of a mask window: (class indices (h, w) int32, labelled (h, w) bool)."""
     try:
         data, valid = read_window(path, window, bands=[1], fill=0)

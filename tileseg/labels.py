@@ -20,6 +20,7 @@ from pyproj import CRS, Transformer
 
 from tileseg.errors import DataError
 from tileseg.mask import NODATA
+from tileseg.uri import is_uri, redact, url_of
 
 
 def _read_frame(path: str | Path, what: str):
@@ -27,10 +28,15 @@ def _read_frame(path: str | Path, what: str):
 
     try:
         if str(path).lower().endswith((".parquet", ".geoparquet")):
-            return gpd.read_parquet(path)
+            return gpd.read_parquet(url_of(str(path)) if is_uri(path) else path)  # URLs through fsspec
+        if is_uri(path):  # fetched through fsspec (label files are small), so no GDAL setting is changed
+            import fsspec
+
+            with fsspec.open(url_of(str(path)), "rb") as f:
+                return gpd.read_file(f)
         return gpd.read_file(path)
     except Exception as exc:  # noqa: BLE001 - pyogrio/pyarrow raise many kinds: one line naming the file
-        raise DataError(f"{path}: cannot read {what} ({str(exc).splitlines()[0][:200]})") from None
+        raise DataError(redact(f"{path}: cannot read {what} ({str(exc).splitlines()[0][:200]})")) from None
 
 
 @dataclass(frozen=True, eq=False)

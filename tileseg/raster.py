@@ -18,7 +18,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from tileseg.errors import RasterError
 from tileseg.grid import Window
-from tileseg.uri import gdal_cloud_options, gdal_path, is_remote, is_uri, redact
+from tileseg.uri import gdal_cloud_options, gdal_path, is_remote, is_uri, redact, url_of
 
 __all__ = [
     "RASTER_EXTENSIONS",
@@ -310,13 +310,14 @@ def _glob(pattern: str) -> tuple[list[tuple[str, bool]], list[str]]:
 
 
 def _identity(path: str) -> tuple[Any, ...]:
-    """What makes two inputs the same file: (device, inode) locally, the string itself for URIs.
+    """What makes two inputs the same file: (device, inode) locally, the URL for URIs (so s3://b/k and
+    /vsis3/b/k are one object).
 
     Two paths to one file, a file link and its target, and hard links all share an identity; a path that
     cannot be stat'ed (a dangling link, a vanished file) is identified by its absolute path.
     """
     if is_uri(path):
-        return ("uri", path)
+        return ("uri", url_of(path))
     try:
         st = os.stat(path)
     except OSError:
@@ -333,7 +334,7 @@ def discover(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
     reports files that merely look like rasters. Each file is listed once, under the first path that
     reaches it (inputs in the order given, each expanded in sorted order), found by its identity:
     device and inode for local files, so two paths, file links and hard links to it count once; the
-    string for URIs and GDAL virtual paths (/vsis3/..., s3://...), which are passed on unchecked.
+    URL for URIs and GDAL virtual paths (s3://b/k and /vsis3/b/k are one), which are passed on unchecked.
     """
     if isinstance(inputs, str | os.PathLike):
         inputs = [os.fspath(inputs)]
@@ -475,29 +476,33 @@ def _precheck(path: str) -> None:
         raise RasterError(f"{path}: empty file (0 bytes)")
 
 
-def _prepare_cloud() -> None:
-    """Give GDAL its object-storage settings (process-wide, as environment defaults) before the first
-    remote open; the user's own settings win. Ray workers inherit the same through the job's worker env."""
-    for key, value in gdal_cloud_options().items():
-        os.environ.setdefault(key, value)
+def cloud_env() -> rasterio.Env:
+    """A GDAL environment with the object-storage settings (`uri.gdal_cloud_options`; the user's own win).
+
+    Entered only around remote opens and reads: settings such as GDAL_DISABLE_READDIR_ON_OPEN must not
+    reach local files, whose sidecars (.msk, .ovr, .aux.xml) GDAL finds by listing their directory.
+    """
+    from rasterio.session import DummySession
+
+    return rasterio.Env(session=DummySession(), **gdal_cloud_options())
 
 
 @contextmanager
 def _open(path: str) -> Iterator[rasterio.io.DatasetReader]:
-    """rasterio.open with errors turned into RasterError and the no-georeference warning silenced."""
+    """rasterio.open with errors turned into RasterError and the no-georeference warning silenced; a remote
+    dataset is opened, read and closed under `cloud_env`."""
     _precheck(path)
-    if is_uri(path):
-        _prepare_cloud()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            ds = rasterio.open(gdal_path(path))
-    except Exception as e:  # rasterio raises RasterioIOError, CPLE_* or plain OSError
-        raise RasterError(f"{path}: not a readable raster ({_cause(e)})") from None
-    try:
-        yield ds
-    finally:
-        ds.close()
+    with cloud_env() if is_uri(path) else nullcontext():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                ds = rasterio.open(gdal_path(path))
+        except Exception as e:  # rasterio raises RasterioIOError, CPLE_* or plain OSError
+            raise RasterError(f"{path}: not a readable raster ({_cause(e)})") from None
+        try:
+            yield ds
+        finally:
+            ds.close()
 
 
 class _ThreadCache(threading.local):

@@ -1,4 +1,5 @@
-"""Georeferenced Zarr v3 output: one store per run, one group per input image, written block by block.
+"""Georeferenced Zarr output (v3, or v2 on request): one store per run, one group per input image,
+written block by block.
 
 Layout of a group (readable georeferenced by xarray+rioxarray and by GDAL's Zarr driver):
 
@@ -11,6 +12,11 @@ Layout of a group (readable georeferenced by xarray+rioxarray and by GDAL's Zarr
 Each block is written to chunks no other block touches (regions are chunk-aligned), and its flag lives in
 its own chunk object, so any number of threads or processes can write one image in parallel; the flag is
 set last, so a block interrupted mid-write is simply redone on resume.
+
+Zarr v2 (`zarr_format=2`, `--zarr-format 2`) has the same layout and attributes, plus what GDAL's
+Zarr driver reads in v2 (`_ARRAY_DIMENSIONS`, `_CRS`), so GDAL < 3.11 (rasterio's wheels ship 3.10, which
+cannot read v3) opens a mask georeferenced: `rasterio.open('ZARR:"store.zarr":/name/mask')`. The store's
+format is in its root `tileseg` record; every reader detects it.
 
 Probabilities default to float32 so a job's output equals in-memory predictions (to 1e-5); float16 halves
 and uint8 quarters the space at 1e-3 / 2e-3 precision.
@@ -40,6 +46,7 @@ from tileseg.grid import Window
 from tileseg.jsonio import json_safe
 from tileseg.mask import MAX_CLASSES, NODATA
 from tileseg.raster import ImageInfo, path_stem
+from tileseg.uri import redact
 
 __all__ = [
     "MASK_NODATA",
@@ -59,6 +66,7 @@ __all__ = [
     "quantise_probability",
     "read_georef",
     "read_info",
+    "store_format",
     "write_block",
 ]
 
@@ -68,6 +76,8 @@ MASK_NODATA = NODATA
 PROBABILITY_DTYPES = ("float32", "float16", "uint8")
 _UINT8_SCALE = 254
 _LAYOUT_VERSION = 1
+#: Zarr formats a store can be written in (3 unless asked).
+ZARR_FORMATS = (2, 3)
 _SAFE = re.compile(r"[A-Za-z0-9._-]+")
 _RESERVED = {"zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata"}
 
@@ -84,6 +94,32 @@ def _compressor(dtype: str) -> BloscCodec:
     return _COMPRESSORS["uint8" if np.dtype(dtype).itemsize == 1 else "other"]
 
 
+def _array_options(zarr_format: int, dims: Sequence[str], dtype: str | None, attrs: Mapping[str, Any]) -> dict:
+    """create_array's compressors, dimension names and attributes in the store's format: v3 names the
+    dimensions in its metadata, v2 in the `_ARRAY_DIMENSIONS` attribute (xarray's and GDAL's convention)."""
+    if zarr_format == 3:
+        return {
+            "compressors": None if dtype is None else _compressor(dtype),
+            "dimension_names": list(dims),
+            "attributes": dict(attrs),
+        }
+    import numcodecs
+
+    compressor = None
+    if dtype is not None:
+        shuffle = numcodecs.Blosc.BITSHUFFLE if np.dtype(dtype).itemsize == 1 else numcodecs.Blosc.SHUFFLE
+        compressor = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=shuffle)
+    return {"compressors": compressor, "attributes": {**attrs, "_ARRAY_DIMENSIONS": list(dims)}}
+
+
+def store_format(store: StoreLike) -> int:
+    """The Zarr format (2 or 3) of an existing store; StoreError if there is none."""
+    try:
+        return int(zarr.open_group(_store_arg(store), mode="r").metadata.zarr_format)
+    except FileNotFoundError:
+        raise StoreError(f"{store}: no such Zarr store") from None
+
+
 def _store_arg(store: StoreLike) -> Any:
     return os.fspath(store) if isinstance(store, os.PathLike) else store
 
@@ -95,12 +131,24 @@ def _now() -> str:
 # ------------------------------------------------------------------------------------------- store/group
 
 
-def create_store(path: StoreLike, attrs: Mapping[str, Any] | None = None) -> zarr.Group:
-    """Create (or reopen, keeping its data) the run's store; root attrs get a `tileseg` record + `attrs`."""
-    root = zarr.open_group(_store_arg(path), mode="a", zarr_format=3)
+def create_store(path: StoreLike, attrs: Mapping[str, Any] | None = None, zarr_format: int | None = None) -> zarr.Group:
+    """Create (or reopen, keeping its data) the run's store; root attrs get a `tileseg` record + `attrs`.
+
+    A new store is Zarr `zarr_format` (default 3); an existing one keeps its format, and asking for the
+    other one raises StoreError.
+    """
+    if zarr_format is not None and zarr_format not in ZARR_FORMATS:
+        raise StoreError(f"{path}: zarr_format must be one of {ZARR_FORMATS}, got {zarr_format!r}")
+    try:
+        root = zarr.open_group(_store_arg(path), mode="r+")
+    except FileNotFoundError:
+        root = zarr.open_group(_store_arg(path), mode="a", zarr_format=zarr_format or 3)
+    fmt = int(root.metadata.zarr_format)
+    if zarr_format is not None and zarr_format != fmt:
+        raise StoreError(f"{path}: the store is Zarr v{fmt}; it cannot continue as v{zarr_format}")
     new = dict(json_safe(dict(attrs or {})))
     if "tileseg" not in root.attrs:
-        new["tileseg"] = {"version": __version__, "created": _now(), "layout": _LAYOUT_VERSION}
+        new["tileseg"] = {"version": __version__, "created": _now(), "layout": _LAYOUT_VERSION, "zarr_format": fmt}
     if new:
         root.attrs.update(new)
     root.require_group(RUN_GROUP)  # run files (lock, summary.json) live here, apart from image groups
@@ -281,33 +329,39 @@ def create_image_group(
     prob_dtype = probability_dtype if probabilities else None
     layout = _layout(info, classes, chunk, num_blocks, prob_dtype)
 
-    root = zarr.open_group(_store_arg(store), mode="a", zarr_format=3)
+    root = zarr.open_group(_store_arg(store), mode="a")  # the store's own format (v3 if new)
     if name in root and _reusable(root, name, layout, plan, overwrite):
         return
+    fmt = int(root.metadata.zarr_format)
 
     h, w = info.height, info.width
     sref, xattrs, yattrs, proj = _crs_attrs(info.crs, info.transform)
     g = root.create_group(name)
     common = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
+    gdal_crs = {"_CRS": {"wkt": sref["crs_wkt"]}} if fmt == 2 and info.crs else {}  # GDAL's v2 CRS attribute
     g.create_array(
         "mask",
         shape=(h, w),
         chunks=(chunk, chunk),
         dtype="uint8",
         fill_value=MASK_NODATA,
-        compressors=_compressor("uint8"),
-        dimension_names=["y", "x"],
-        attributes={
-            **common,
-            "long_name": "class mask",
-            "classes": classes,
-            "flag_values": list(range(len(classes))),
-            "flag_meanings": " ".join(_flag(c) for c in classes),
-            "nodata": MASK_NODATA,
-        },
+        **_array_options(
+            fmt,
+            ["y", "x"],
+            "uint8",
+            {
+                **common,
+                **gdal_crs,
+                "long_name": "class mask",
+                "classes": classes,
+                "flag_values": list(range(len(classes))),
+                "flag_meanings": " ".join(_flag(c) for c in classes),
+                "nodata": MASK_NODATA,
+            },
+        ),
     )
     if probabilities:
-        pattrs: dict[str, Any] = {**common, "long_name": "class probability", "classes": classes}
+        pattrs: dict[str, Any] = {**common, **gdal_crs, "long_name": "class probability", "classes": classes}
         fill: float | int = math.nan
         if probability_dtype == "uint8":
             fill = MASK_NODATA
@@ -325,9 +379,7 @@ def create_image_group(
             chunks=(1, chunk, chunk),
             dtype=probability_dtype,
             fill_value=fill,
-            compressors=_compressor(probability_dtype),
-            dimension_names=["class", "y", "x"],
-            attributes=pattrs,
+            **_array_options(fmt, ["class", "y", "x"], probability_dtype, pattrs),
         )
     xs, ys = _pixel_centres(info.transform, h, w)
     g.create_array(
@@ -335,34 +387,28 @@ def create_image_group(
         data=xs,
         chunks=(w,),
         fill_value=math.nan,
-        compressors=_compressor("float64"),
-        dimension_names=["x"],
-        attributes=xattrs,
+        **_array_options(fmt, ["x"], "float64", xattrs),
     )
     g.create_array(
         "y",
         data=ys,
         chunks=(h,),
         fill_value=math.nan,
-        compressors=_compressor("float64"),
-        dimension_names=["y"],
-        attributes=yattrs,
+        **_array_options(fmt, ["y"], "float64", yattrs),
     )
-    g.create_array("spatial_ref", data=np.array(0, dtype=np.int64), fill_value=0, compressors=None, attributes=sref)
+    g.create_array("spatial_ref", data=np.array(0, dtype=np.int64), fill_value=0, **_array_options(fmt, [], None, sref))
     g.create_array(
         "blocks_done",
         shape=(num_blocks,),
         chunks=(1,),
         dtype="uint8",
         fill_value=0,
-        compressors=None,
-        dimension_names=["block"],
-        attributes={"long_name": "1 once every pixel of the block is written"},
+        **_array_options(fmt, ["block"], None, {"long_name": "1 once every pixel of the block is written"}),
     )
     a, b, c, d, e, f = (float(v) for v in info.transform)
     group_attrs = {
-        "source": info.path,
-        "image": info.to_dict(),
+        "source": redact(info.path),  # a signed URL's secrets are not recorded
+        "image": {**info.to_dict(), "path": redact(info.path)},
         "classes": classes,
         "chunk": chunk,
         "num_blocks": num_blocks,
@@ -394,7 +440,7 @@ def _flag(name: str) -> str:
 def _open_group(store: StoreLike, name: str, mode: str = "r") -> zarr.Group:
     _check_name(name)
     try:
-        g = zarr.open_group(_store_arg(store), path=name, mode=mode, zarr_format=3)
+        g = zarr.open_group(_store_arg(store), path=name, mode=mode)
     except FileNotFoundError:
         raise StoreError(f"{store}: no image group {name!r}") from None
     if "layout" not in g.attrs:
@@ -499,7 +545,7 @@ def finish_image(store: StoreLike, name: str, summary: Mapping[str, Any]) -> Non
 def image_groups(store: StoreLike) -> list[str]:
     """Names of the image groups in the store, sorted."""
     try:
-        root = zarr.open_group(_store_arg(store), mode="r", zarr_format=3)
+        root = zarr.open_group(_store_arg(store), mode="r")
     except FileNotFoundError:
         raise StoreError(f"{store}: no such Zarr store") from None
     return sorted(k for k, g in root.groups() if "layout" in g.attrs)
@@ -524,7 +570,8 @@ def open_mask(store: StoreLike, name: str) -> zarr.Array:
 def gdal_path(store: str | os.PathLike[str], name: str, array: str = "mask") -> str:
     """GDAL/rasterio open string for an array of a local store (`ZARR:"/abs/store":/name/mask`).
 
-    GDAL >= 3.11 reads it directly; GDAL 3.10 lacks the Zarr v3 'bytes' codec and cannot.
+    GDAL >= 3.11 reads it directly; GDAL 3.10 (rasterio's wheels) lacks the Zarr v3 'bytes' codec and reads
+    only stores written with `zarr_format=2` (`--zarr-format 2`).
     """
     _check_name(name)
     return f'ZARR:"{os.path.abspath(os.fspath(store))}":/{name}/{array}'

@@ -58,6 +58,42 @@ def gdal_path(path: str | os.PathLike[str]) -> str:
     return text
 
 
+_VSI_SCHEMES = {"/vsis3/": "s3", "/vsigs/": "gs", "/vsiaz/": "az", "/vsiadls/": "az"}
+
+
+def url_of(path: str | os.PathLike[str]) -> str:
+    """The URL a GDAL virtual path names (inverse of `gdal_path`): /vsis3/b/k -> s3://b/k,
+    /vsicurl/https://h/p -> https://h/p; anything else unchanged. One object, one name."""
+    text = os.fspath(path)
+    for prefix, kind in _VSI_SCHEMES.items():
+        if text.startswith(prefix):
+            return f"{kind}://{text[len(prefix) :]}"
+    if text.startswith("/vsicurl/") and "://" in text:
+        return text[len("/vsicurl/") :]
+    return text
+
+
+def object_identity(path: str | os.PathLike[str]) -> dict[str, object]:
+    """What identifies the current version of a remote object: its size and ETag (or last-modified time),
+    from one HEAD request through fsspec; {} for local paths and virtual paths that name no object."""
+    url = url_of(path)
+    if not is_remote(url):
+        return {}
+    import fsspec
+
+    fs, key = fsspec.core.url_to_fs(url)
+    info = fs.info(key)
+    ident: dict[str, object] = {"size": int(info["size"])} if info.get("size") is not None else {}
+    lower = {str(k).lower(): v for k, v in info.items()}
+    for name in ("etag", "last_modified", "lastmodified", "mtime", "last-modified"):
+        value = lower.get(name)
+        if value is not None:
+            ident["etag" if name == "etag" else "modified"] = str(value).strip('"')
+            if name == "etag":
+                break
+    return ident
+
+
 def gdal_cloud_options(environ: os._Environ[str] | dict[str, str] | None = None) -> dict[str, str]:
     """GDAL settings for reading rasters from object storage with few requests.
 

@@ -15,16 +15,17 @@ from pathlib import Path
 from tileseg import contract
 from tileseg.artifact import ModelMeta, model_digest, read_metadata, resolve_model
 from tileseg.blend import BLENDS
-from tileseg.errors import StoreExistsError
+from tileseg.errors import RasterError, StoreExistsError
 from tileseg.grid import DEFAULT_BLOCK, DEFAULT_CHUNK, Block
 from tileseg.options import check, int_list, option
 from tileseg.raster import ImageInfo
 from tileseg.stitch import TilingSpec
-from tileseg.store import PROBABILITY_DTYPES
-from tileseg.uri import absolute, is_uri
+from tileseg.store import PROBABILITY_DTYPES, ZARR_FORMATS, store_format
+from tileseg.uri import absolute, is_uri, object_identity, redact
 
 DESCRIPTION = """\
-Segment images (files, directories, globs) with a tileseg model into one Zarr store.
+Segment images (files, directories, globs; object URLs, prefixes and patterns such as
+s3://bucket/scenes/ or /vsis3/...; STAC Item/ItemCollection JSON) with a tileseg model into one Zarr store.
 
 Each image is cut into overlapping tiles on one global grid, the model runs on the tiles in a pool
 of Ray actors, and the predictions are blended back so no seam shows. The store holds one group per
@@ -39,8 +40,19 @@ DEFAULT_DEPTH = 4  # a model that does not say its depth must take tiles divisib
 class SegmentOptions:
     """Everything `tileseg segment` (and `segment()`) takes; lists given in Python become tuples."""
 
-    inputs: tuple[str, ...] = option(help="image files, directories or globs", positional=True, metavar="INPUT")
+    inputs: tuple[str, ...] = option(
+        help="image files, directories, globs, object URLs/prefixes (s3://, gs://, az://, https://, /vsis3/...) "
+        "or STAC Item/ItemCollection JSON",
+        positional=True,
+        metavar="INPUT",
+    )
     out: str = option(help="the Zarr store to write", metavar="STORE.zarr")
+    asset: str | None = option(
+        None,
+        metavar="NAME",
+        help="for STAC Item/ItemCollection inputs (.json): the asset to segment (default: the first with "
+        "role data or visual, or of type image/tiff)",
+    )
     model: str | None = option(None, help="a .keras artifact from `tileseg train` (default: the shipped model)")
     tile: int | None = option(None, help="tile size in pixels (default: the model's)")
     overlap: int | None = option(None, help="overlap between neighbouring tiles (default: tile/4)")
@@ -61,6 +73,13 @@ class SegmentOptions:
         DEFAULT_BLOCK, help="block side in pixels, a multiple of --chunk; a worker holds one block at a time"
     )
     chunk: int = option(DEFAULT_CHUNK, help="Zarr chunk side")
+    zarr_format: int | None = option(
+        None,
+        help="Zarr format of a new store: 3 (default) or 2, which GDAL < 3.11 (rasterio's wheels, older QGIS) "
+        "opens georeferenced; a resumed store keeps its own",
+        metavar="{2,3}",
+        parse=int,
+    )
     resume: bool = option(False, help="continue a store: only blocks not yet written")
     overwrite: bool = option(False, help="replace an existing store")
     fail_fast: bool = option(False, help="stop at the first failing image")
@@ -115,10 +134,16 @@ class Resolved:
 
     def image_plan(self, info: ImageInfo, blocks: Sequence[Block]) -> dict:
         """Everything that decides an image's output, recorded in its group: `--resume` refuses any change."""
-        source: dict = {"path": info.path, "height": info.height, "width": info.width, "dtype": info.dtype}
+        source: dict = {"path": redact(info.path), "height": info.height, "width": info.width, "dtype": info.dtype}
         if not is_uri(info.path):
             st = os.stat(info.path)
             source.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
+        else:  # an object's version: its size and ETag (or last-modified), so a replaced object is noticed
+            try:
+                source.update(object_identity(info.path))
+            except Exception as exc:  # noqa: BLE001 - a store's own error, told in one line
+                first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
+                raise RasterError(f"{info.path}: cannot read the object's size and version ({redact(first)})") from None
         return {
             **self.settings(),
             "blocks": hashlib.sha256(repr([(b.region, b.read) for b in blocks]).encode()).hexdigest()[:16],
@@ -166,6 +191,7 @@ def resolve(o: SegmentOptions) -> Resolved:
         "--probability-dtype",
         f"must be one of {', '.join(PROBABILITY_DTYPES)}, got {o.probability_dtype!r}",
     )
+    check(o.zarr_format in (None, *ZARR_FORMATS), "--zarr-format", f"must be 2 or 3, got {o.zarr_format!r}")
     model_path = resolve_model(o.model)
     meta = read_metadata(model_path)
     tile = meta.tile if o.tile is None else o.tile
@@ -185,6 +211,12 @@ def resolve(o: SegmentOptions) -> Resolved:
         raise StoreExistsError(f"{out} exists: pass --resume to continue it or --overwrite to replace it")
     if o.resume:
         contract.check_resume(out)
+        kept = store_format(out)
+        check(
+            o.zarr_format in (None, kept),
+            "--zarr-format",
+            f"{out} is Zarr v{kept}; a resumed store keeps its format (drop --zarr-format or use a new store)",
+        )
     elif o.overwrite:
         contract.check_overwrite(out, [absolute(i) for i in o.inputs])
     tiling = TilingSpec(tile=int(tile), overlap=int(overlap), blend=o.blend, batch_size=int(o.batch_size))

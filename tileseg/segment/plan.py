@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tileseg import contract, raster, store
+from tileseg import contract, raster, stac, store
 from tileseg.artifact import ModelMeta
 from tileseg.errors import RasterError, StoreError
 from tileseg.grid import Block
 from tileseg.segment.options import Resolved
 from tileseg.segment.work import WorkItem
-from tileseg.uri import absolute
+from tileseg.uri import absolute, redact
 
 
 @dataclass(frozen=True)
@@ -82,33 +82,58 @@ def prepare_store(job: Resolved) -> None:
     try:
         if o.overwrite and not o.resume and contract.is_tileseg_store(job.out):
             contract.clear_store(job.out)  # checked in resolve(): a tileseg store holding no input; our lock stays
-        store.create_store(job.out, {"settings": job.settings(), "model": job.model_identity()})
+        attrs = {"settings": job.settings(), "model": job.model_identity()}
+        store.create_store(job.out, attrs, zarr_format=None if o.resume else o.zarr_format)
     except OSError as exc:  # a file in the way, no permission
         raise StoreError(f"cannot write {job.out}: {exc}") from None
 
 
 def plan_job(job: Resolved) -> JobPlan:
-    """Discover the inputs and plan every image (creating its group); with --fail-fast stop at the first failure."""
-    found, skipped = raster.discover(list(job.options.inputs))
+    """Discover the inputs and plan every image (creating its group); with --fail-fast stop at the first failure.
+
+    Rasters (files, directories, globs, URLs, prefixes) come first, in the order given, then the images of
+    STAC documents (one per item, its group named after the item id); an unusable item fails alone.
+    """
+    rasters, documents = stac.split_inputs(job.options.inputs)
+    found, skipped = raster.discover(rasters) if rasters else ([], [])
     paths = [absolute(p) for p in found]  # workers (and the store's records) need paths that work anywhere
+    naming = list(paths)  # what each group is named after: the file's stem, or the STAC item's id
+    records: dict[int, dict] = {}
+    unusable: list[tuple[str, Exception]] = []
+    for doc in documents:
+        try:
+            images, errors = stac.expand(absolute(doc), job.options.asset)
+        except RasterError as exc:
+            unusable.append((redact(doc), exc))
+            continue
+        unusable.extend(errors)
+        for image in images:
+            records[len(paths)] = image.record()
+            paths.append(image.href)
+            naming.append(image.item_id.replace("/", "_").replace("\\", "_"))
     infos = raster.open_infos(paths)  # headers in a thread pool: they wait on storage, not on the CPU
     # Names follow the inputs' order, in one linear pass, so a resumed run maps paths to the same groups.
-    opened = [p for p, i in zip(paths, infos, strict=True) if isinstance(i, raster.ImageInfo)]
-    names = dict(zip(opened, store.group_names(opened), strict=True))
-    images: list[ImagePlan] = []
+    opened = [i for i, info in enumerate(infos) if isinstance(info, raster.ImageInfo)]
+    names = dict(zip(opened, store.group_names([naming[i] for i in opened]), strict=True))
+    plans: list[ImagePlan] = []
     items: list[WorkItem] = []
-    for path, info in zip(paths, infos, strict=True):
-        plan = plan_image(job, path, info, names.get(path))
-        images.append(plan)
+    for i, (path, info) in enumerate(zip(paths, infos, strict=True)):
+        plan = plan_image(job, path, info, names.get(i), records.get(i))
+        plans.append(plan)
         if plan.error and job.options.fail_fast:
-            break
-        index = len(images) - 1
+            return JobPlan(tuple(plans), tuple(skipped), tuple(items))
+        index = len(plans) - 1
         items.extend(WorkItem(image=index, path=path, group=plan.group, block=b) for b in plan.todo)
-    return JobPlan(tuple(images), tuple(skipped), tuple(items))
+    plans.extend(ImagePlan(path=label, error=str(exc)) for label, exc in unusable)
+    return JobPlan(tuple(plans), tuple(skipped), tuple(items))
 
 
-def plan_image(job: Resolved, path: str, info: raster.ImageInfo | Exception, name: str | None) -> ImagePlan:
-    """One image's group (created in the store) and its blocks not yet done; any failure becomes its error."""
+def plan_image(
+    job: Resolved, path: str, info: raster.ImageInfo | Exception, name: str | None, stac_record: dict | None = None
+) -> ImagePlan:
+    """One image's group (created in the store) and its blocks not yet done; any failure becomes its error.
+
+    `stac_record` (item id, datetime, asset href, self link) is kept in the group's `stac` attribute."""
     o = job.options
     warning = None
     try:
@@ -130,13 +155,17 @@ def plan_image(job: Resolved, path: str, info: raster.ImageInfo | Exception, nam
             num_blocks=len(blocks),
             probabilities=o.probabilities,
             probability_dtype=o.probability_dtype,
-            attrs={"settings": job.settings(), "model": job.model_identity()},
+            attrs={
+                "settings": job.settings(),
+                "model": job.model_identity(),
+                **({"stac": stac_record} if stac_record else {}),
+            },
             plan=job.image_plan(info, blocks),
         )
     except (RasterError, StoreError, ValueError) as exc:
         return ImagePlan(path=path, warning=warning, error=str(exc))
     except Exception as exc:  # noqa: BLE001 - whatever one image does, the others are still planned
-        return ImagePlan(path=path, warning=warning, error=f"{path}: {type(exc).__name__}: {exc}")
+        return ImagePlan(path=path, warning=warning, error=redact(f"{path}: {type(exc).__name__}: {exc}"))
     done = store.done_blocks(job.out, name) if o.resume else set()
     # A block's pixels and valid mask in, its mask (and float32 probabilities) out.
     pixel_bytes = len(job.bands) * np.dtype(info.dtype).itemsize + 1

@@ -13,6 +13,7 @@ from typing import Any
 
 from tileseg.segment.plan import ImagePlan
 from tileseg.segment.work import WorkItem
+from tileseg.uri import is_uri, redact
 
 
 @dataclass
@@ -53,6 +54,8 @@ class ImageReport:
     def result(self) -> ImageResult:
         d = asdict(self)
         d.pop("errors")
+        for key in ("path", "error", "warning"):  # what is recorded and shown carries no credentials
+            d[key] = None if d[key] is None else redact(d[key])
         d["seconds"] = round(d["seconds"], 3)
         return ImageResult(**d)
 
@@ -129,16 +132,20 @@ class Summary:
         return asdict(self)
 
 
+def _label(path: str) -> str:
+    """How the table names an input: a file by its name, an object or URL in full (without credentials)."""
+    return redact(path) if is_uri(path) else Path(path).name
+
+
 def print_summary(summary: Summary) -> None:
     """A table of what happened per image, and where the result is."""
     rows = summary.images
-    width = max([len(Path(r.path).name) for r in rows] + [5])
+    width = max([len(_label(r.path)) for r in rows] + [5])
     print(f"\n{'image':<{width}}  {'status':<7} {'tiles run':>9} {'skipped':>8} {'seconds':>8}  error / warning")
     for r in rows:
         err = (r.error or (f"warning: {r.warning}" if r.warning else ""))[:100]
         print(
-            f"{Path(r.path).name:<{width}}  {r.status:<7} {r.tiles_run:>9} {r.tiles_skipped:>8} "
-            f"{r.seconds:>8.1f}  {err}"
+            f"{_label(r.path):<{width}}  {r.status:<7} {r.tiles_run:>9} {r.tiles_skipped:>8} {r.seconds:>8.1f}  {err}"
         )
     t, p = summary.totals, summary.phases
     print(

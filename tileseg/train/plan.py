@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from tileseg.artifact import ModelMeta, read_metadata
-from tileseg.data import Pair, band_statistics, find_pairs, find_vector_pairs, split_pairs
+from tileseg.data import Pair, as_folder, band_statistics, find_pairs, find_vector_pairs, is_folder, split_pairs, sub
 from tileseg.errors import OptionError
 from tileseg.labels import LabelSpec
 from tileseg.train.options import TrainOptions
+from tileseg.uri import absolute
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ class TrainPlan:
 
 
 def _absolute(path: str) -> str:
-    return str(Path(path).expanduser().resolve())
+    """Local paths made absolute (Ray Train workers run in their own directory); URLs kept as given."""
+    return absolute(path)
 
 
 def label_specs(options: TrainOptions) -> list[LabelSpec | None]:
@@ -81,10 +83,10 @@ def _collect_pairs(
     """Pairs of every images dir (with its masks dir, its vector labels, or as a data dir with images/ and
     masks/), per dir."""
     # Absolute paths: Ray Train workers run in their own working directory.
-    absolute = [Path(f).expanduser().resolve() for f in images]
-    mask_dirs = [None if f == "-" else Path(f).expanduser().resolve() for f in masks] if masks is not None else None
+    folders = [as_folder(absolute(f)) for f in images]
+    mask_dirs = [None if f == "-" else as_folder(absolute(f)) for f in masks] if masks is not None else None
     out = []
-    for i, folder in enumerate(absolute):
+    for i, folder in enumerate(folders):
         spec = labels[i] if labels else None
         out.append(find_vector_pairs(folder, spec) if spec else find_pairs(folder, mask_dirs[i] if mask_dirs else None))
     return out
@@ -147,10 +149,11 @@ def _dirs(options: TrainOptions) -> tuple[list[str], list[str] | None]:
     images, val_images = list(options.images), list(options.val_images) if options.val_images else None
     if options.masks is None and not val_images:
         # A data set dir with train/ and val/ splits (e.g. ../shared/data/kampala): use its val/ split.
-        splits = [Path(d) for d in images if not (Path(d) / "images").is_dir() and (Path(d) / "train").is_dir()]
+        folders = [as_folder(d) for d in images]
+        splits = [d for d in folders if not is_folder(sub(d, "images")) and is_folder(sub(d, "train"))]
         if splits:
-            images = [str(Path(d) / "train") if Path(d) in splits else d for d in images]
-            val_images = [str(d / "val") for d in splits if (d / "val").is_dir()] or None
+            images = [str(sub(d, "train")) if d in splits else str(d) for d in folders]
+            val_images = [str(sub(d, "val")) for d in splits if is_folder(sub(d, "val"))] or None
     return images, val_images
 
 
@@ -187,8 +190,8 @@ def prepare(options: TrainOptions, *, trace_dir: str | Path | None = None) -> Tr
         std=tuple(float(v) for v in stats["std"]),
         class_frequency=tuple(float(v) for v in stats["class_frequency"]),
         steps_per_epoch=int(steps),
-        train_dirs=tuple(str(Path(d).resolve()) for d in images),
-        val_dirs=tuple(str(Path(d).resolve()) for d in val_images) if val_images else None,
+        train_dirs=tuple(absolute(d) for d in images),
+        val_dirs=tuple(absolute(d) for d in val_images) if val_images else None,
         train_pairs=tuple(train_pairs),
         pair_weights=tuple(_sampling_weights(sources, options.source_weights, options.tile)),
         val_pairs=tuple(val_pairs),

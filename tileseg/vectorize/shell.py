@@ -71,7 +71,7 @@ def group_meta(store: str | os.PathLike[str], name: str) -> GroupMeta:
     """Read a group's metadata; VectorizeError names the store and group when it is not a tileseg image group."""
     try:
         info = tstore.read_info(_store_arg(store), name)
-        g = zarr.open_group(_store_arg(store), path=name, mode="r", zarr_format=3)
+        g = zarr.open_group(_store_arg(store), path=name, mode="r")
         mask = g["mask"]
     except (tstore.StoreError, KeyError, FileNotFoundError) as exc:
         raise VectorizeError(f"{store}/{name}: not a readable tileseg image group ({exc})") from None
@@ -109,7 +109,7 @@ def resolve_classes(meta: GroupMeta, wanted: Sequence[str] | None, store: str) -
 
 def read_block(src: GroupSource, window: Window, image_shape: tuple[int, int]) -> BlockPolygons:
     """Read one block of the mask (and its class probabilities) and polygonise it (a Ray task or a plain call)."""
-    g = zarr.open_group(src.store, path=src.name, mode="r", zarr_format=3)
+    g = zarr.open_group(src.store, path=src.name, mode="r")
     r, c, h, w = window
     values = g["mask"][r : r + h, c : c + w]
     prob = None
@@ -229,7 +229,7 @@ def _valid_pieces(src: GroupSource, windows: Sequence[Window], shape: tuple[int,
     """Objects of the valid area (mask != 255), block by block with the same exact join."""
 
     def one(win: Window) -> BlockPolygons:
-        g = zarr.open_group(src.store, path=src.name, mode="r", zarr_format=3)
+        g = zarr.open_group(src.store, path=src.name, mode="r")
         r, c, h, w = win
         valid = (g["mask"][r : r + h, c : c + w] != tstore.MASK_NODATA).astype(np.uint8)
         return block_polygons(valid, win, shape, (1,))
