@@ -30,6 +30,7 @@ class ImageReport:
     seconds: float = 0.0
     error: str | None = None
     warning: str | None = None
+    uncertain_share: float | None = None  # share of valid pixels with uncertainty >= 0.5 (--uncertainty)
     errors: list[str] = field(default_factory=list)
 
     @classmethod
@@ -54,6 +55,8 @@ class ImageReport:
         d = asdict(self)
         d.pop("errors")
         d["seconds"] = round(d["seconds"], 3)
+        if d["uncertain_share"] is not None:
+            d["uncertain_share"] = round(d["uncertain_share"], 4)
         return ImageResult(**d)
 
 
@@ -72,6 +75,7 @@ class ImageResult:
     seconds: float
     error: str | None
     warning: str | None
+    uncertain_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -133,12 +137,15 @@ def print_summary(summary: Summary) -> None:
     """A table of what happened per image, and where the result is."""
     rows = summary.images
     width = max([len(Path(r.path).name) for r in rows] + [5])
-    print(f"\n{'image':<{width}}  {'status':<7} {'tiles run':>9} {'skipped':>8} {'seconds':>8}  error / warning")
+    uncertain = any(r.uncertain_share is not None for r in rows)
+    head = f" {'uncertain':>9}" if uncertain else ""
+    print(f"\n{'image':<{width}}  {'status':<7} {'tiles run':>9} {'skipped':>8} {'seconds':>8}{head}  error / warning")
     for r in rows:
-        err = (r.error or (f"warning: {r.warning}" if r.warning else ""))[:100]
+        err = (r.error or (f"warning: {r.warning}" if r.warning else ""))[:160]
+        share = "" if not uncertain else f" {'':>9}" if r.uncertain_share is None else f" {r.uncertain_share:>9.1%}"
         print(
             f"{Path(r.path).name:<{width}}  {r.status:<7} {r.tiles_run:>9} {r.tiles_skipped:>8} "
-            f"{r.seconds:>8.1f}  {err}"
+            f"{r.seconds:>8.1f}{share}  {err}"
         )
     t, p = summary.totals, summary.phases
     print(
