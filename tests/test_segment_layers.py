@@ -172,3 +172,54 @@ def test_gsd_warning_auto_resample_and_resume_with_other_settings(ray_local, tmp
                        chunk=512, batch_size=8, resume=True, tta="flip", progress=False)
     )  # fmt: skip
     assert not again.ok and "tta 'none' -> 'flip'" in again.images[0].error
+
+
+@pytest.mark.parametrize(("tta", "scale"), [("d4", 1.0), ("flip", 2.0), ("none", 0.7)])
+def test_infer_block_plans_agree_with_the_whole_image_in_memory(tiny_model_path, tta, scale):
+    """What the actor runs, without Ray: blocks of 128 and one block give the in-memory reference's mask."""
+    from tileseg.predict import infer_block
+    from tileseg.resample import ResampledBlock
+    from tileseg.stitch import TilingSpec
+
+    rng = np.random.default_rng(4)
+    h, w = 150, 200
+    image = rng.integers(0, 255, (h, w, 3)).astype(np.uint8)
+    valid = np.ones((h, w), bool)
+    valid[:30, :40] = False
+    tiling = TilingSpec(TILE, OVERLAP, batch_size=4)
+    predictor = TilePredictor(tiny_model_path, batch_size=4 * (8 if tta == "d4" else 2 if tta == "flip" else 1))
+    masks = []
+    for block in (128, None):
+        mask = np.zeros((h, w), np.uint8)
+        for b in tiling.plan(h, w, block=block, chunk=64):
+            rb = None if scale == 1.0 else ResampledBlock.plan(b.index, b.region, h, w, scale, TILE, OVERLAP)
+            pixels, ok = _read_boundless(image, valid, rb.read if rb else b.read)
+            out = infer_block(predictor, pixels, ok, b, tiling, tta=tta, uncertainty=True, resampled=rb)
+            r = b.region
+            mask[r.row : r.row + r.height, r.col : r.col + r.width] = out.mask
+            assert out.uncertainty.shape == out.mask.shape
+        masks.append(mask)
+    np.testing.assert_array_equal(masks[0], masks[1])
+
+    def wrap(p):
+        return lambda t: predict_tta(p, t, tta).probability
+
+    kw = dict(tile=TILE, overlap=OVERLAP, fill=predictor.fill, batch_size=4)
+    if scale == 1.0:
+        probs = predict_array(image, wrap(predictor), valid=valid, **kw)
+    else:
+        mp, mv = to_model_grid(image, valid, scale)
+        probs = to_image_grid(predict_array(mp, wrap(predictor), valid=mv, **kw), mv, (h, w), scale)[0]
+    np.testing.assert_array_equal(masks[0], to_mask(probs, valid))
+
+
+def _read_boundless(image, valid, window):
+    """The pixels and validity of a window that may hang past the image (outside: invalid)."""
+    r = window
+    h, w = valid.shape
+    pixels = np.zeros((r.height, r.width, image.shape[2]), image.dtype)
+    ok = np.zeros((r.height, r.width), bool)
+    y0, y1, x0, x1 = max(r.row, 0), min(r.row + r.height, h), max(r.col, 0), min(r.col + r.width, w)
+    pixels[y0 - r.row : y1 - r.row, x0 - r.col : x1 - r.col] = image[y0:y1, x0:x1]
+    ok[y0 - r.row : y1 - r.row, x0 - r.col : x1 - r.col] = valid[y0:y1, x0:x1]
+    return pixels, ok
