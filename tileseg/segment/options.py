@@ -105,8 +105,12 @@ class SegmentOptions:
             object.__setattr__(self, "model", str(self.model))
         if self.bands is not None:
             object.__setattr__(self, "bands", tuple(self.bands))
-        if self.resample is not None:
-            object.__setattr__(self, "resample", str(self.resample))
+        if self.resample is not None:  # one spelling per factor (2, "2" and "2.0" are one plan for --resume)
+            try:
+                value = f"{float(self.resample):g}"
+            except ValueError:
+                value = str(self.resample)
+            object.__setattr__(self, "resample", value)
 
 
 @dataclass(frozen=True)
