@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--zanzibar", type=int, default=48, help="Zanzibar chips (every n-th of the sorted list)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", choices=("resolution", "tta", "both"), default="both")
+    ap.add_argument("--zooms", type=int, nargs="+", default=[19, 20, 21], help="zoom levels for --only resolution")
     a = ap.parse_args()
     model = resolve_model(None)
     # One tile per model call (x the transforms, as the actor does): a chip holds few tiles, and a padded
@@ -95,7 +96,7 @@ def main() -> None:
         chips = train + val
         out += ["", "| zoom | chips | GSD m/px | factor | building IoU none | building IoU resampled | time ratio |"]
         out.append("|---|---:|---:|---:|---:|---:|---:|")
-        for z in (19, 20, 21):
+        for z in a.zooms:
             zc = [c for c in chips if zoom(c[0]) == z]
             gsd = statistics.median(open_info(str(p)).gsd for p, _ in zc)
             factor = float(f"{model_gsd / gsd:.4g}")
