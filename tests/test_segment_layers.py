@@ -35,9 +35,9 @@ def ray_local():
 
 @pytest.fixture(scope="module")
 def crop(data_dir, tmp_path_factory):
-    """A 600 x 700 piece of the real Kampala scene with a nodata corner, as a GeoTIFF with a mask band."""
+    """A 520 x 540 piece of the real Kampala scene with a nodata corner, as a GeoTIFF with a mask band."""
     scene = str(data_dir / "kampala" / "scene" / "kampala_z21_image.tif")
-    pixels, _ = raster.read_window(scene, Window(700, 1200, 600, 700))
+    pixels, _ = raster.read_window(scene, Window(700, 1200, 520, 540))
     valid = np.ones(pixels.shape[:2], bool)
     valid[:90, :130] = False
     path = tmp_path_factory.mktemp("crop") / "crop.tif"
