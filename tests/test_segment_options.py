@@ -35,6 +35,9 @@ BAD = [  # (arguments, the option the error must name); the tiny model's tiles g
     (["--bands", "1,2"], "--bands"),
     (["--bands", "0,1,2"], "--bands"),
     (["--stall-timeout", "0"], "--stall-timeout"),
+    (["--resample", "auto"], "--resample"),  # the tiny model records no training GSD
+    (["--resample", "0"], "--resample"),
+    (["--resample", "half"], "--resample"),
 ]
 
 

@@ -7,15 +7,18 @@ wraps them is `tileseg.segment.actor.BlockPredictor`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tileseg.grid import Block
 from tileseg.mask import NODATA, to_mask
+from tileseg.resample import ResampledBlock
 from tileseg.stitch import TileCounts, TilingSpec
+from tileseg.tta import entropy, predict_tta, to_uncertainty
 
-__all__ = ["NODATA", "TilePredictor", "TilingSpec", "segment_block", "to_mask"]
+__all__ = ["NODATA", "BlockOutput", "TilePredictor", "TilingSpec", "infer_block", "segment_block", "to_mask"]
 
 
 class TilePredictor:
@@ -92,3 +95,74 @@ def segment_block(
     if valid is not None:
         mask[~valid[block.region_in_read]] = NODATA
     return mask, probability, counts
+
+
+@dataclass(frozen=True)
+class BlockOutput:
+    """One block's results on its region: mask (255 = nodata), probabilities (K, h, w) and uncertainty
+    (uint8, 255 = nodata) when asked for, and the tiles run and skipped."""
+
+    mask: np.ndarray
+    probability: np.ndarray | None
+    uncertainty: np.ndarray | None
+    counts: TileCounts
+
+
+def infer_block(
+    predictor: TilePredictor,
+    pixels: np.ndarray,
+    valid: np.ndarray | None,
+    block: Block,
+    tiling: TilingSpec,
+    *,
+    tta: str = "none",
+    uncertainty: bool = False,
+    resampled: ResampledBlock | None = None,
+    probabilities: bool = False,
+) -> BlockOutput:
+    """`segment_block` with test-time augmentation, an uncertainty layer and a resampled model grid.
+
+    TTA averages each tile's transforms before blending; with `uncertainty` the transforms' disagreement
+    is blended as one more channel (else the blended probabilities' entropy is the uncertainty). With
+    `resampled` the image pixels of `resampled.read` are taken to the model grid, predicted as the block
+    `resampled.grid` and the probabilities brought back to `block.region` on the image grid.
+    """
+    k = predictor.num_classes
+    extra = uncertainty and tta != "none"
+
+    def model(tiles: np.ndarray) -> np.ndarray:
+        r = predict_tta(predictor, tiles, tta)
+        return np.concatenate([r.probability, r.disagreement[..., None]], axis=-1) if extra else r.probability
+
+    region = block.region
+    mask = np.empty((region.height, region.width), np.uint8)
+    prob = np.empty((k, region.height, region.width), np.float32) if probabilities else None
+    unc = np.empty((region.height, region.width), np.uint8) if uncertainty else None
+
+    def sink(first: int, rows: np.ndarray) -> None:
+        n = len(rows)
+        mask[first : first + n] = rows[..., :k].argmax(axis=-1)
+        if prob is not None:
+            prob[:, first : first + n] = np.moveaxis(rows[..., :k], -1, 0)
+        if unc is not None:
+            unc[first : first + n] = to_uncertainty(rows[..., k] if extra else entropy(rows[..., :k]))
+
+    channels = k + int(extra)
+    if resampled is None:
+        _, counts = tiling.predict(pixels, valid, block, model, num_classes=channels, fill=predictor.fill, sink=sink)
+        region_valid = None if valid is None else valid[block.region_in_read]
+    else:
+        model_pixels, model_valid = resampled.to_model(pixels, valid)
+        grid = resampled.grid
+        out, counts = tiling.predict(model_pixels, model_valid, grid, model, num_classes=channels, fill=predictor.fill)
+        sink(0, resampled.to_image(out, model_valid[grid.region_in_read]))
+        r, rd = block.region, resampled.read
+        inside = slice(r.row - rd.row, r.row - rd.row + r.height), slice(r.col - rd.col, r.col - rd.col + r.width)
+        region_valid = None if valid is None else valid[inside]
+    if region_valid is not None:
+        mask[~region_valid] = NODATA
+        if unc is not None:
+            unc[~region_valid] = NODATA
+        if prob is not None:
+            prob[:, ~region_valid] = 0
+    return BlockOutput(mask, prob, unc, counts)

@@ -7,6 +7,7 @@ Layout of a group (readable georeferenced by xarray+rioxarray and by GDAL's Zarr
     <name>/probability   (class, y, x) optional: float32 (default), float16, or uint8 (round(p*254); 255)
     <name>/x, <name>/y   float64 pixel-centre coordinates (CF 1-D coordinate variables)
     <name>/spatial_ref   scalar CF grid mapping: crs_wkt, spatial_ref, GeoTransform ("c a b f d e")
+    <name>/uncertainty   (y, x) uint8 optional: round(u * 254), 255 = nodata; attr `measure` says what u is
     <name>/blocks_done   (num_blocks,) uint8, one chunk per block, set to 1 after a block's data is written
 
 Each block is written to chunks no other block touches (regions are chunk-aligned), and its flag lives in
@@ -67,6 +68,7 @@ __all__ = [
     "read_georef",
     "read_info",
     "store_format",
+    "uncertain_share",
     "write_block",
 ]
 
@@ -250,11 +252,17 @@ def _crs_attrs(
 
 
 def _layout(
-    info: ImageInfo, classes: Sequence[str], chunk: int, num_blocks: int, probability_dtype: str | None
+    info: ImageInfo,
+    classes: Sequence[str],
+    chunk: int,
+    num_blocks: int,
+    probability_dtype: str | None,
+    uncertainty: str | None = None,
 ) -> dict[str, Any]:
     """The settings that must match for an existing group to be resumed."""
     return json_safe(
         {
+            **({"uncertainty": uncertainty} if uncertainty else {}),
             "shape": [info.height, info.width],
             "chunk": chunk,
             "classes": list(classes),
@@ -308,6 +316,7 @@ def create_image_group(
     num_blocks: int,
     probabilities: bool = False,
     probability_dtype: str = "float32",
+    uncertainty: str | None = None,
     attrs: Mapping[str, Any] | None = None,
     plan: Mapping[str, Any] | None = None,
     overwrite: bool = False,
@@ -316,7 +325,8 @@ def create_image_group(
 
     An existing group with the same layout (shape, chunk, classes, block count, probability storage,
     georeferencing) is kept as is, so a run can resume; a different one raises StoreError unless
-    `overwrite`. Call from one process (the driver) before any `write_block` for this image.
+    `overwrite`. `uncertainty` names the measure of an `uncertainty` layer to create (None: none).
+    Call from one process (the driver) before any `write_block` for this image.
     """
     _check_name(name)
     classes = [str(c) for c in classes]
@@ -327,7 +337,7 @@ def create_image_group(
     if probability_dtype not in PROBABILITY_DTYPES:
         raise StoreError(f"{name}: probability_dtype must be one of {PROBABILITY_DTYPES}")
     prob_dtype = probability_dtype if probabilities else None
-    layout = _layout(info, classes, chunk, num_blocks, prob_dtype)
+    layout = _layout(info, classes, chunk, num_blocks, prob_dtype, uncertainty)
 
     root = zarr.open_group(_store_arg(store), mode="a")  # the store's own format (v3 if new)
     if name in root and _reusable(root, name, layout, plan, overwrite):
@@ -380,6 +390,28 @@ def create_image_group(
             dtype=probability_dtype,
             fill_value=fill,
             **_array_options(fmt, ["class", "y", "x"], probability_dtype, pattrs),
+        )
+    if uncertainty:
+        g.create_array(
+            "uncertainty",
+            shape=(h, w),
+            chunks=(chunk, chunk),
+            dtype="uint8",
+            fill_value=MASK_NODATA,
+            **_array_options(
+                fmt,
+                ["y", "x"],
+                "uint8",
+                {
+                    **common,
+                    "long_name": "prediction uncertainty",
+                    "measure": uncertainty,
+                    "scale_factor": 1.0 / _UINT8_SCALE,
+                    "add_offset": 0.0,
+                    "_FillValue": MASK_NODATA,
+                    "quantisation": f"round(u * {_UINT8_SCALE}); {MASK_NODATA} = nodata",
+                },
+            ),
         )
     xs, ys = _pixel_centres(info.transform, h, w)
     g.create_array(
@@ -477,8 +509,9 @@ def write_block(
     mask: np.ndarray,
     probability: np.ndarray | None,
     block_index: int,
+    uncertainty: np.ndarray | None = None,
 ) -> None:
-    """Write one block's mask (and probabilities) into a chunk-aligned region, then mark it done.
+    """Write one block's mask (and probabilities, uncertainty) into a chunk-aligned region, then mark it done.
 
     Where the mask is nodata (255) the probabilities are stored as nodata too: NaN, or 255 for uint8.
 
@@ -518,8 +551,32 @@ def write_block(
         if nodata.any():  # no probability where the input was nodata: the array's fill (NaN, or 255 for uint8)
             stored[:, nodata] = g["probability"].fill_value
         g["probability"][:, r : r + h, c : c + w] = stored
+    if ("uncertainty" in g) != (uncertainty is not None):
+        has = "stores" if "uncertainty" in g else "was created without"
+        raise StoreError(f"{name}: the group {has} an uncertainty layer; pass it to write_block exactly then")
+    if uncertainty is not None:
+        uncertainty = np.asarray(uncertainty)
+        if uncertainty.shape != (h, w) or uncertainty.dtype != np.uint8:
+            raise StoreError(f"{name}: uncertainty must be uint8 {h}x{w}, got {uncertainty.dtype} {uncertainty.shape}")
+        g["uncertainty"][r : r + h, c : c + w] = np.where(mask == MASK_NODATA, MASK_NODATA, uncertainty)
     m_arr[r : r + h, c : c + w] = mask
     g["blocks_done"][block_index] = 1  # last: a block is reported done only once its data is stored
+
+
+def uncertain_share(store: StoreLike, name: str, threshold: float = 0.5) -> float | None:
+    """Share of valid pixels whose uncertainty is >= `threshold` (None: no layer, or no valid pixel)."""
+    g = _open_group(store, name)
+    if "uncertainty" not in g:
+        return None
+    arr = g["uncertainty"]
+    level = math.ceil(threshold * _UINT8_SCALE - 1e-9)
+    valid = high = 0
+    for r, c, hh, ww in _strips(*arr.shape, int(g.attrs["chunk"])):
+        u = arr[r : r + hh, c : c + ww]
+        ok = u != MASK_NODATA
+        valid += int(ok.sum())
+        high += int((ok & (u >= level)).sum())
+    return high / valid if valid else None
 
 
 def done_blocks(store: StoreLike, name: str) -> set[int]:
@@ -631,19 +688,13 @@ def export_cogs(
     *,
     blocksize: int = 512,
 ) -> list[Path]:
-    """Write each image's mask as a Cloud-Optimized GeoTIFF `<out_dir>/<name>.tif`.
+    """Write each image's mask as a Cloud-Optimized GeoTIFF `<out_dir>/<name>.tif` (and its uncertainty
+    layer, where the group has one, as `<name>_uncertainty.tif`).
 
     Streams the mask chunk-row by chunk-row into a temporary tiled GeoTIFF (never the whole mask in
     memory), then GDAL's COG driver adds MODE overviews; nodata 255, a class colour table, and the
-    input's CRS and transform. Returns the paths written.
+    input's CRS and transform. The uncertainty COG has AVERAGE overviews. Returns the paths written.
     """
-    import rasterio
-    import rasterio.shutil
-    from affine import Affine
-    from rasterio.crs import CRS
-    from rasterio.errors import NotGeoreferencedWarning
-    from rasterio.windows import Window as RioWindow
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -652,51 +703,104 @@ def export_cogs(
         info = ImageInfo.from_dict(g.attrs["image"])
         classes = list(g.attrs["classes"])
         chunk = int(g.attrs["chunk"])
-        mask = g["mask"]
-        h, w = mask.shape
-        tmp = out / f".{name}.stream.tif"
-        partial = out / f".{name}.cog.partial"
-        final = out / f"{name}.tif"
-        profile = {
-            "driver": "GTiff",
-            "height": h,
-            "width": w,
-            "count": 1,
-            "dtype": "uint8",
-            "nodata": MASK_NODATA,
-            "tiled": True,
-            "blockxsize": 256,
-            "blockysize": 256,
-            "compress": "zstd",
-            "zstd_level": 1,
-            "bigtiff": "if_safer",
-            "transform": Affine(*info.transform),
-        }
-        if info.crs:
-            profile["crs"] = CRS.from_wkt(info.crs)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(tmp, "w", **profile) as dst:
-                    for r, c, hh, ww in _strips(h, w, chunk):
-                        dst.write(mask[r : r + hh, c : c + ww], 1, window=RioWindow(c, r, ww, hh))
-                    dst.write_colormap(1, class_colours(classes))
-                    dst.set_band_description(1, "class")
-                    dst.update_tags(classes=json.dumps(classes), source=str(info.path), tileseg_version=__version__)
-                    dst.update_tags(1, **{f"class_{i}": cls for i, cls in enumerate(classes)})
-                rasterio.shutil.copy(
-                    tmp,
-                    partial,
-                    driver="COG",
-                    compress="DEFLATE",
+        tags = {"classes": json.dumps(classes), "source": str(info.path), "tileseg_version": __version__}
+        written.append(
+            _write_cog(
+                g["mask"],
+                out / f"{name}.tif",
+                info,
+                chunk,
+                blocksize=blocksize,
+                overviews="MODE",
+                description="class",
+                tags=tags,
+                band_tags={f"class_{i}": c for i, c in enumerate(classes)},
+                colours=class_colours(classes),
+            )  # fmt: skip
+        )
+        if "uncertainty" in g:
+            u = g["uncertainty"]
+            measure = str(u.attrs.get("measure", ""))
+            written.append(
+                _write_cog(
+                    u,
+                    out / f"{name}_uncertainty.tif",
+                    info,
+                    chunk,
                     blocksize=blocksize,
-                    overview_resampling="MODE",
-                    bigtiff="IF_SAFER",
-                    num_threads="ALL_CPUS",
-                )
-            os.replace(partial, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-            partial.unlink(missing_ok=True)
-        written.append(final)
+                    overviews="AVERAGE",
+                    description="uncertainty",
+                    tags={**tags, "measure": measure},
+                    band_tags={"measure": measure, "scale": f"1/{_UINT8_SCALE}"},
+                )  # fmt: skip
+            )
     return written
+
+
+def _write_cog(
+    array: zarr.Array,
+    final: Path,
+    info: ImageInfo,
+    chunk: int,
+    *,
+    blocksize: int,
+    overviews: str,
+    description: str,
+    tags: Mapping[str, str],
+    band_tags: Mapping[str, str],
+    colours: Mapping[int, tuple[int, int, int, int]] | None = None,
+) -> Path:
+    """One (y, x) uint8 array (nodata 255) of a group as a COG at `final`, streamed chunk-row by chunk-row."""
+    import rasterio
+    import rasterio.shutil
+    from affine import Affine
+    from rasterio.crs import CRS
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.windows import Window as RioWindow
+
+    h, w = array.shape
+    tmp = final.parent / f".{final.stem}.stream.tif"
+    partial = final.parent / f".{final.stem}.cog.partial"
+    profile = {
+        "driver": "GTiff",
+        "height": h,
+        "width": w,
+        "count": 1,
+        "dtype": "uint8",
+        "nodata": MASK_NODATA,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "zstd",
+        "zstd_level": 1,
+        "bigtiff": "if_safer",
+        "transform": Affine(*info.transform),
+    }
+    if info.crs:
+        profile["crs"] = CRS.from_wkt(info.crs)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(tmp, "w", **profile) as dst:
+                for r, c, hh, ww in _strips(h, w, chunk):
+                    dst.write(array[r : r + hh, c : c + ww], 1, window=RioWindow(c, r, ww, hh))
+                if colours is not None:
+                    dst.write_colormap(1, colours)
+                dst.set_band_description(1, description)
+                dst.update_tags(**tags)
+                dst.update_tags(1, **band_tags)
+            rasterio.shutil.copy(
+                tmp,
+                partial,
+                driver="COG",
+                compress="DEFLATE",
+                blocksize=blocksize,
+                overview_resampling=overviews,
+                bigtiff="IF_SAFER",
+                num_threads="ALL_CPUS",
+            )
+        os.replace(partial, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+    return final

@@ -123,6 +123,8 @@ def _finish(job: Resolved, reports: list[ImageReport], stopped: str | None) -> N
             report.status, report.error = "failed", stopped or f"{missing} blocks not written"
         else:
             report.status = "done"
+            if job.options.uncertainty:
+                report.uncertain_share = store.uncertain_share(job.out, report.group)
             store.finish_image(job.out, report.group, asdict(report.result()))
 
 

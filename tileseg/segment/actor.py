@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from tileseg.errors import ArtifactError
-from tileseg.predict import TilePredictor, segment_block
+from tileseg.predict import TilePredictor, infer_block, segment_block
+from tileseg.resample import ResampledBlock
 from tileseg.segment.work import WorkItem, batch_of_items, items_of_batch
 from tileseg.stitch import TilingSpec
+from tileseg.tta import TTA_MODES
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,13 @@ class ActorPlan:
     probabilities: bool
     threads: int | None = None
     model_name: str = "model"  # the user's path, for messages (the actor loads a temporary copy)
+    tta: str = "none"  # test-time augmentation mode (tileseg.tta.TTA_MODES)
+    uncertainty: bool = False  # also compute the uncertainty layer
+
+    @property
+    def layered(self) -> bool:
+        """Whether blocks need `infer_block` (TTA or uncertainty) rather than plain `segment_block`."""
+        return self.tta != "none" or self.uncertainty
 
 
 class BlockPredictor:
@@ -44,7 +53,9 @@ class BlockPredictor:
         with os.fdopen(fd, "wb") as f:
             f.write(model_bytes)
         try:
-            self.predictor = TilePredictor(path, batch_size=plan.tiling.batch_size, threads=plan.threads)
+            # Every transform of a batch in one model call: the graph takes batch_size x transforms tiles.
+            batch = plan.tiling.batch_size * len(TTA_MODES[plan.tta])
+            self.predictor = TilePredictor(path, batch_size=batch, threads=plan.threads)
         except Exception as exc:  # the user knows their model by its own path, not by this copy's
             raise ArtifactError(str(exc).replace(path, plan.model_name)) from None
         finally:
@@ -62,17 +73,35 @@ class BlockPredictor:
         if item.error:
             return done
         try:
-            mask, prob, counts = segment_block(
-                self.predictor, item.pixels, item.valid, item.block, self.plan.tiling,
-                probabilities=self.plan.probabilities,
-            )  # fmt: skip
+            unc = None
+            if self.plan.layered or item.scale != 1.0:
+                out = infer_block(
+                    self.predictor, item.pixels, item.valid, item.block, self.plan.tiling, tta=self.plan.tta,
+                    uncertainty=self.plan.uncertainty, resampled=self.resampled(item),
+                    probabilities=self.plan.probabilities,
+                )  # fmt: skip
+                mask, prob, unc, counts = out.mask, out.probability, out.uncertainty, out.counts
+            else:
+                mask, prob, counts = segment_block(
+                    self.predictor, item.pixels, item.valid, item.block, self.plan.tiling,
+                    probabilities=self.plan.probabilities,
+                )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - one bad block must not kill the job: report it
             error = f"{item.path}: prediction failed: {type(exc).__name__}: {exc}"
             return done.but(error=error, predict_s=time.perf_counter() - start)
         return done.but(
             mask=mask,
             probability=prob,
+            uncertainty=unc,
             tiles_run=counts.run,
             tiles_skipped=counts.skipped,
             predict_s=time.perf_counter() - start,
         )
+
+    def resampled(self, item: WorkItem) -> ResampledBlock | None:
+        """The model-grid plan of a resampled item's block (None on the image's own grid)."""
+        if item.scale == 1.0:
+            return None
+        t = self.plan.tiling
+        height, width = item.image_shape
+        return ResampledBlock.plan(item.block.index, item.block.region, height, width, item.scale, t.tile, t.overlap)

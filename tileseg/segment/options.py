@@ -7,6 +7,7 @@ started) and fixes the values the run needs: the model, the bands and the tiling
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from tileseg.options import check, int_list, option
 from tileseg.raster import ImageInfo
 from tileseg.stitch import TilingSpec
 from tileseg.store import PROBABILITY_DTYPES, ZARR_FORMATS, store_format
+from tileseg.tta import TTA_MODES
 from tileseg.uri import absolute, is_uri, object_identity, redact
 
 DESCRIPTION = """\
@@ -34,6 +36,8 @@ georeferenced for xarray/rioxarray/GDAL. Without RAY_ADDRESS an embedded Ray sta
 """
 
 DEFAULT_DEPTH = 4  # a model that does not say its depth must take tiles divisible by 2**4
+TTA_CHOICES = tuple(TTA_MODES)
+GSD_TOLERANCE = 1.5  # an image whose GSD differs from the model's by more than this factor gets a warning
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,23 @@ class SegmentOptions:
         None, help="1-based input bands, e.g. 3,2,1 (default: the model's bands)", parse=int_list
     )
     probabilities: bool = option(False, help="also store per-class probabilities")
+    tta: str = option(
+        "none",
+        help="test-time augmentation: average the model over flips (flip: 2x the model's cost) or all 8 "
+        "rotations and flips (d4: 8x) of each tile before blending",
+        choices=TTA_CHOICES,
+    )
+    uncertainty: bool = option(
+        False,
+        help="also store an `uncertainty` layer (uint8 0..254, 255 = nodata): the normalised entropy of the "
+        "blended probabilities, or with --tta the disagreement between the transforms",
+    )
+    resample: str | None = option(
+        None,
+        metavar="FACTOR|auto",
+        help="run the model on a resampled grid: FACTOR image pixels per model pixel (2 = half the resolution), "
+        "or auto = the model's training GSD; the output stays on the image's grid",
+    )
     probability_dtype: str = option(
         "float32",
         help="storage of probabilities: float32 (exact, default), float16 or uint8 (p*254; smaller)",
@@ -103,6 +124,12 @@ class SegmentOptions:
             object.__setattr__(self, "model", str(self.model))
         if self.bands is not None:
             object.__setattr__(self, "bands", tuple(self.bands))
+        if self.resample is not None:  # one spelling per factor (2, "2" and "2.0" are one plan for --resume)
+            try:
+                value = f"{float(self.resample):g}"
+            except ValueError:
+                value = str(self.resample)
+            object.__setattr__(self, "resample", value)
 
 
 @dataclass(frozen=True)
@@ -130,9 +157,43 @@ class Resolved:
             probability_dtype=o.probability_dtype,
             block=o.block,
             chunk=o.chunk,
+            tta=o.tta,
+            uncertainty=self.uncertainty_measure,
+            resample=o.resample,
         )
 
-    def image_plan(self, info: ImageInfo, blocks: Sequence[Block]) -> dict:
+    @property
+    def uncertainty_measure(self) -> str | None:
+        """What the uncertainty layer holds (None: no layer): TTA disagreement, or the blended entropy."""
+        if not self.options.uncertainty:
+            return None
+        return "tta_disagreement" if self.options.tta != "none" else "entropy"
+
+    def scale_for(self, info: ImageInfo) -> tuple[float, str | None]:
+        """Image pixels per model pixel for this image (1.0 = its own grid), and a warning about its GSD."""
+        o, model_gsd, gsd = self.options, self.meta.gsd, info.gsd
+        scale = 1.0
+        if o.resample == "auto":
+            if gsd is None:
+                return 1.0, "no georeferencing, so no GSD: --resample auto leaves it at its own resolution"
+            scale = float(f"{model_gsd / gsd:.4g}")  # type: ignore[operator]
+        elif o.resample is not None:
+            scale = float(o.resample)
+        if scale > 0.99 and scale < 1.01:
+            scale = 1.0
+        if model_gsd is None or gsd is None:
+            return scale, None
+        seen = gsd * scale
+        ratio = max(seen / model_gsd, model_gsd / seen)
+        if ratio <= GSD_TOLERANCE:
+            return scale, None
+        at = f" resampled by {scale:g}" if scale != 1.0 else ""
+        return scale, (
+            f"ground sampling distance {seen:.3g} m/px{at} is {ratio:.1f}x off the model's {model_gsd:.3g} m/px; "
+            "predictions may be poor: pass --resample auto (or a factor)"
+        )
+
+    def image_plan(self, info: ImageInfo, blocks: Sequence[Block], scale: float = 1.0) -> dict:
         """Everything that decides an image's output, recorded in its group: `--resume` refuses any change."""
         source: dict = {"path": redact(info.path), "height": info.height, "width": info.width, "dtype": info.dtype}
         if not is_uri(info.path):
@@ -148,6 +209,7 @@ class Resolved:
             **self.settings(),
             "blocks": hashlib.sha256(repr([(b.region, b.read) for b in blocks]).encode()).hexdigest()[:16],
             "model": {"sha256": self.model_sha256},
+            "scale": scale,
             "source": source,
         }
 
@@ -192,8 +254,20 @@ def resolve(o: SegmentOptions) -> Resolved:
         f"must be one of {', '.join(PROBABILITY_DTYPES)}, got {o.probability_dtype!r}",
     )
     check(o.zarr_format in (None, *ZARR_FORMATS), "--zarr-format", f"must be 2 or 3, got {o.zarr_format!r}")
+    check(o.tta in TTA_MODES, "--tta", f"must be one of {', '.join(TTA_MODES)}, got {o.tta!r}")
+    if o.resample is not None and o.resample != "auto":
+        try:
+            factor = float(o.resample)
+        except ValueError:
+            factor = math.nan
+        check(0.05 <= factor <= 20, "--resample", f"must be auto or a factor in [0.05, 20], got {o.resample!r}")
     model_path = resolve_model(o.model)
     meta = read_metadata(model_path)
+    check(
+        o.resample != "auto" or meta.gsd is not None,
+        "--resample",
+        f"auto needs the model's training GSD, and {model_path.name} does not record one: give a factor",
+    )
     tile = meta.tile if o.tile is None else o.tile
     step = 2 ** (meta.depth or DEFAULT_DEPTH)
     check(tile > 0 and tile % step == 0, "--tile", f"must be a positive multiple of {step} for this model, got {tile}")

@@ -76,7 +76,9 @@ def run_stream(job: Resolved, plan: JobPlan, on_item: Callable[[WorkItem], str |
         # Streaming, not flooding: about two blocks per actor in flight (read, queued or being written), so
         # memory stays a few blocks deep however large the input (Ray Data would otherwise read far ahead).
         budget = plan.block_bytes * (2 * n_actors + 2)
-        actor_plan = ActorPlan(job.tiling, o.probabilities, threads, str(job.model_path))
+        actor_plan = ActorPlan(
+            job.tiling, o.probabilities, threads, str(job.model_path), tta=o.tta, uncertainty=o.uncertainty
+        )
         bar = Progress(len(plan.items), plan.tiles, enabled=o.progress)
         with _data_context(budget), Watchdog(o.stall_timeout) as dog:
             env = session.runtime_env  # None on an embedded Ray: its workers already have worker_env

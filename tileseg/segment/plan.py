@@ -15,6 +15,7 @@ from tileseg import contract, raster, stac, store
 from tileseg.artifact import ModelMeta
 from tileseg.errors import RasterError, StoreError
 from tileseg.grid import Block
+from tileseg.resample import ResampledBlock
 from tileseg.segment.options import Resolved
 from tileseg.segment.work import WorkItem
 from tileseg.uri import absolute, redact
@@ -32,6 +33,8 @@ class ImagePlan:
     warning: str | None = None
     error: str | None = None
     block_bytes: int = 0  # what its largest block weighs in the object store (pixels in, results out)
+    scale: float = 1.0  # image pixels per model pixel (`--resample`)
+    image_shape: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,10 @@ def plan_job(job: Resolved) -> JobPlan:
         if plan.error and job.options.fail_fast:
             return JobPlan(tuple(plans), tuple(skipped), tuple(items))
         index = len(plans) - 1
-        items.extend(WorkItem(image=index, path=path, group=plan.group, block=b) for b in plan.todo)
+        items.extend(
+            WorkItem(image=index, path=path, group=plan.group, block=b, scale=plan.scale, image_shape=plan.image_shape)
+            for b in plan.todo
+        )
     plans.extend(ImagePlan(path=label, error=str(exc)) for label, exc in unusable)
     return JobPlan(tuple(plans), tuple(skipped), tuple(items))
 
@@ -142,10 +148,15 @@ def plan_image(
         if np.dtype(info.dtype).kind == "c":
             raise RasterError(f"{path}: complex pixels ({info.dtype}) are not supported; convert to real values")
         raster.check_bands(info, job.bands)
-        warning = range_warning(info.dtype, job.meta)
-        if warning and o.progress:
-            print(f"warning: {path}: {warning}", file=sys.stderr)
+        scale, gsd_warning = job.scale_for(info)
+        warnings = [w for w in (range_warning(info.dtype, job.meta), gsd_warning) if w]
+        warning = "; ".join(warnings) or None
+        if o.progress:
+            for w in warnings:
+                print(f"warning: {path}: {w}", file=sys.stderr)
         blocks = job.tiling.plan(info.height, info.width, block=o.block, chunk=o.chunk)
+        if scale != 1.0:  # the model's grid: each block reads what its resampled tiles need
+            blocks = [_on_model_grid(b, info, scale, job) for b in blocks]
         store.create_image_group(
             job.out,
             name,
@@ -155,12 +166,14 @@ def plan_image(
             num_blocks=len(blocks),
             probabilities=o.probabilities,
             probability_dtype=o.probability_dtype,
+            uncertainty=job.uncertainty_measure,
             attrs={
                 "settings": job.settings(),
                 "model": job.model_identity(),
+                "scale": scale,
                 **({"stac": stac_record} if stac_record else {}),
             },
-            plan=job.image_plan(info, blocks),
+            plan=job.image_plan(info, blocks, scale),
         )
     except (RasterError, StoreError, ValueError) as exc:
         return ImagePlan(path=path, warning=warning, error=str(exc))
@@ -169,15 +182,24 @@ def plan_image(
     done = store.done_blocks(job.out, name) if o.resume else set()
     # A block's pixels and valid mask in, its mask (and float32 probabilities) out.
     pixel_bytes = len(job.bands) * np.dtype(info.dtype).itemsize + 1
-    out_bytes = 1 + (4 * job.meta.num_classes if o.probabilities else 0)
+    out_bytes = 1 + (4 * job.meta.num_classes if o.probabilities else 0) + int(o.uncertainty)
     todo = tuple(b for b in blocks if b.index not in done)
     weights = (b.read.height * b.read.width * pixel_bytes + b.region.height * b.region.width * out_bytes for b in todo)
     return ImagePlan(
         path=path,
         group=name,
+        scale=scale,
+        image_shape=(info.height, info.width),
         blocks=len(blocks),
         todo=todo,
         resumed=len(done),
         warning=warning,
         block_bytes=max(weights, default=0),
     )
+
+
+def _on_model_grid(block: Block, info: raster.ImageInfo, scale: float, job: Resolved) -> Block:
+    """`block` with the image window and the model-grid tiles that resampling at `scale` needs."""
+    t = job.tiling
+    rb = ResampledBlock.plan(block.index, block.region, info.height, info.width, scale, t.tile, t.overlap)
+    return Block(block.index, block.region, rb.read, rb.grid.tile_rows, rb.grid.tile_cols)

@@ -31,6 +31,7 @@ class ImageReport:
     seconds: float = 0.0
     error: str | None = None
     warning: str | None = None
+    uncertain_share: float | None = None  # share of valid pixels with uncertainty >= 0.5 (--uncertainty)
     errors: list[str] = field(default_factory=list)
 
     @classmethod
@@ -57,6 +58,8 @@ class ImageReport:
         for key in ("path", "error", "warning"):  # what is recorded and shown carries no credentials
             d[key] = None if d[key] is None else redact(d[key])
         d["seconds"] = round(d["seconds"], 3)
+        if d["uncertain_share"] is not None:
+            d["uncertain_share"] = round(d["uncertain_share"], 4)
         return ImageResult(**d)
 
 
@@ -75,6 +78,7 @@ class ImageResult:
     seconds: float
     error: str | None
     warning: str | None
+    uncertain_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -141,11 +145,15 @@ def print_summary(summary: Summary) -> None:
     """A table of what happened per image, and where the result is."""
     rows = summary.images
     width = max([len(_label(r.path)) for r in rows] + [5])
-    print(f"\n{'image':<{width}}  {'status':<7} {'tiles run':>9} {'skipped':>8} {'seconds':>8}  error / warning")
+    uncertain = any(r.uncertain_share is not None for r in rows)
+    head = f" {'uncertain':>9}" if uncertain else ""
+    print(f"\n{'image':<{width}}  {'status':<7} {'tiles run':>9} {'skipped':>8} {'seconds':>8}{head}  error / warning")
     for r in rows:
-        err = (r.error or (f"warning: {r.warning}" if r.warning else ""))[:100]
+        err = (r.error or (f"warning: {r.warning}" if r.warning else ""))[:160]
+        share = "" if not uncertain else f" {'':>9}" if r.uncertain_share is None else f" {r.uncertain_share:>9.1%}"
         print(
-            f"{_label(r.path):<{width}}  {r.status:<7} {r.tiles_run:>9} {r.tiles_skipped:>8} {r.seconds:>8.1f}  {err}"
+            f"{_label(r.path):<{width}}  {r.status:<7} {r.tiles_run:>9} {r.tiles_skipped:>8} "
+            f"{r.seconds:>8.1f}{share}  {err}"
         )
     t, p = summary.totals, summary.phases
     print(

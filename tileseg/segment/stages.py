@@ -34,10 +34,12 @@ def write_block(item: WorkItem, out: str) -> WorkItem:
     error = item.error
     if not error:
         try:
-            store.write_block(out, item.group, item.block.region, item.mask, item.probability, item.block.index)
+            store.write_block(
+                out, item.group, item.block.region, item.mask, item.probability, item.block.index, item.uncertainty
+            )
         except Exception as exc:  # noqa: BLE001
             error = f"{item.path}: writing block {item.block.index} failed: {exc}"
-    return item.but(mask=None, probability=None, error=error, write_s=time.perf_counter() - start)
+    return item.but(mask=None, probability=None, uncertainty=None, error=error, write_s=time.perf_counter() - start)
 
 
 def read_stage(row: dict[str, Any], bands: Sequence[int] | None) -> dict[str, Any]:

@@ -22,10 +22,11 @@ _INDEX, _REGION, _READ, _ROWS, _COLS = "work.block", "work.region", "work.read",
 _PIXELS, _VALID, _MASK, _PROB = "work.pixels", "work.valid", "work.mask", "work.probability"
 _RUN, _SKIPPED, _ERROR = "work.tiles_run", "work.tiles_skipped", "work.error"
 _READ_S, _PREDICT_S, _WRITE_S, _READY = "work.read_s", "work.predict_s", "work.write_s", "work.actor_ready"
+_UNCERTAINTY, _SCALE, _SHAPE = "work.uncertainty", "work.scale", "work.image_shape"
 
 ROW_KEYS = (
     *(_IMAGE, _PATH, _GROUP, _INDEX, _REGION, _READ, _ROWS, _COLS, _PIXELS, _VALID, _MASK, _PROB),
-    *(_RUN, _SKIPPED, _ERROR, _READ_S, _PREDICT_S, _WRITE_S, _READY),
+    *(_RUN, _SKIPPED, _ERROR, _READ_S, _PREDICT_S, _WRITE_S, _READY, _UNCERTAINTY, _SCALE, _SHAPE),
 )
 
 _EMPTY = {
@@ -33,6 +34,7 @@ _EMPTY = {
     _VALID: lambda: np.zeros((0, 0), bool),
     _MASK: lambda: np.zeros((0, 0), np.uint8),
     _PROB: lambda: np.zeros((0, 0, 0), np.float32),
+    _UNCERTAINTY: lambda: np.zeros((0, 0), np.uint8),
 }
 
 
@@ -42,7 +44,9 @@ class WorkItem:
 
     `valid` None means every pixel of the read window is valid (the common case travels light);
     `pixels` None means not read (or the read failed: see `error`). Seconds are work time per stage;
-    `actor_ready` is when (time.time()) the actor that predicted it had loaded its model.
+    `actor_ready` is when (time.time()) the actor that predicted it had loaded its model. With `scale` != 1
+    the model runs on a resampled grid (`tileseg.resample`): `block.read` is then the image window that
+    grid needs, `block.tile_rows/cols` are the model grid's, and `image_shape` is the image's (H, W).
     """
 
     image: int  # index of the image in the job's plan
@@ -60,6 +64,9 @@ class WorkItem:
     predict_s: float = 0.0
     write_s: float = 0.0
     actor_ready: float = 0.0
+    uncertainty: np.ndarray | None = None
+    scale: float = 1.0
+    image_shape: tuple[int, int] = (0, 0)
 
     @property
     def seconds(self) -> float:
@@ -89,8 +96,11 @@ class WorkItem:
             _PREDICT_S: self.predict_s,
             _WRITE_S: self.write_s,
             _READY: self.actor_ready,
+            _SCALE: self.scale,
+            _SHAPE: list(self.image_shape),
         }
-        for key, value in ((_PIXELS, self.pixels), (_VALID, self.valid), (_MASK, self.mask), (_PROB, self.probability)):
+        arrays = (_PIXELS, self.pixels), (_VALID, self.valid), (_MASK, self.mask), (_PROB, self.probability)
+        for key, value in (*arrays, (_UNCERTAINTY, self.uncertainty)):
             row[key] = _EMPTY[key]() if value is None else value
         return row
 
@@ -115,6 +125,9 @@ class WorkItem:
             valid=arrays[_VALID],
             mask=arrays[_MASK],
             probability=arrays[_PROB],
+            uncertainty=arrays[_UNCERTAINTY],
+            scale=float(row[_SCALE]),
+            image_shape=tuple(int(v) for v in row[_SHAPE]),  # type: ignore[arg-type]
             tiles_run=int(row[_RUN]),
             tiles_skipped=int(row[_SKIPPED]),
             error=str(row[_ERROR] or ""),
@@ -138,9 +151,9 @@ def batch_of_items(items: Sequence[WorkItem]) -> dict[str, np.ndarray]:
 
 
 def _column(values: list[Any], key: str) -> np.ndarray:
-    if key in (_REGION, _READ, _ROWS, _COLS) and len({len(v) for v in values}) == 1:
+    if key in (_REGION, _READ, _ROWS, _COLS, _SHAPE) and len({len(v) for v in values}) == 1:
         return np.asarray(values, dtype=np.int64)  # equal lengths: one 2-D integer column
-    if key in _EMPTY or key in (_REGION, _READ, _ROWS, _COLS, _PATH, _GROUP, _ERROR):
+    if key in _EMPTY or key in (_REGION, _READ, _ROWS, _COLS, _SHAPE, _PATH, _GROUP, _ERROR):
         column = np.empty(len(values), dtype=object)
         for i, v in enumerate(values):
             column[i] = np.asarray(v, np.int64) if isinstance(v, list) else v
