@@ -59,17 +59,18 @@ def run_info(opts: InfoOptions) -> int:
 @dataclass(frozen=True)
 class ExportOptions:
     store: str = option(help="a .zarr store written by `tileseg segment`", positional=True)
-    cog: str = option(help="directory for one COG per image", metavar="DIR")
+    cog: str = option(help="directory (or object-store prefix, s3://bucket/cogs/) for one COG per image", metavar="DIR")
 
 
 def run_export(opts: ExportOptions) -> int:
     """Write each image's mask of a store as a Cloud-Optimized GeoTIFF."""
     from tileseg import store
+    from tileseg.uri import redact
 
     try:
         paths = store.export_cogs(opts.store, opts.cog)
     except OSError as exc:
-        raise TilesegError(f"{opts.store}: {exc}") from None
+        raise TilesegError(redact(f"{opts.store}: {exc}")) from None
     for path in paths:
         print(path)
     return 0

@@ -7,7 +7,7 @@ geometry only; the tiling they were planned with travels separately, once (`Reso
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from tileseg.errors import RasterError, StoreError
 from tileseg.grid import Block
 from tileseg.segment.options import Resolved
 from tileseg.segment.work import WorkItem
-from tileseg.uri import absolute
+from tileseg.uri import absolute, redact
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def prepare_store(job: Resolved) -> None:
             contract.clear_store(job.out)  # checked in resolve(): a tileseg store holding no input; our lock stays
         store.create_store(job.out, {"settings": job.settings(), "model": job.model_identity()})
     except OSError as exc:  # a file in the way, no permission
-        raise StoreError(f"cannot write {job.out}: {exc}") from None
+        raise StoreError(f"cannot write {redact(job.out)}: {redact(str(exc))}") from None
 
 
 def plan_job(job: Resolved) -> JobPlan:
@@ -121,17 +121,18 @@ def plan_image(job: Resolved, path: str, info: raster.ImageInfo | Exception, nam
         if warning and o.progress:
             print(f"warning: {path}: {warning}", file=sys.stderr)
         blocks = job.tiling.plan(info.height, info.width, block=o.block, chunk=o.chunk)
+        recorded = replace(info, path=redact(info.path))  # the store never records a credential
         store.create_image_group(
             job.out,
             name,
-            info,
+            recorded,
             classes=job.meta.classes,
             chunk=o.chunk,
             num_blocks=len(blocks),
             probabilities=o.probabilities,
             probability_dtype=o.probability_dtype,
             attrs={"settings": job.settings(), "model": job.model_identity()},
-            plan=job.image_plan(info, blocks),
+            plan=job.image_plan(recorded, blocks),
         )
     except (RasterError, StoreError, ValueError) as exc:
         return ImagePlan(path=path, warning=warning, error=str(exc))
