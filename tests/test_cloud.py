@@ -81,6 +81,7 @@ def _mask(store: str | Path) -> np.ndarray:
     return zarr.open_group(str(store), mode="r")[GROUP]["mask"][:]
 
 
+@pytest.mark.slow  # the module's jobs on 2 CPUs: a minute or more
 def test_bucket_to_bucket_equals_disk_to_disk_and_opens_georeferenced(runs, s3_server):
     import xarray as xr
 
@@ -103,6 +104,7 @@ def test_bucket_to_bucket_equals_disk_to_disk_and_opens_georeferenced(runs, s3_s
     np.testing.assert_array_equal(ds["mask"].values, local)
 
 
+@pytest.mark.slow  # the module's jobs on 2 CPUs: a minute or more
 def test_resume_in_the_bucket_redoes_only_the_blocks_without_a_flag(runs, s3_server):
     client = s3_server.client()
     # Block 1 (columns 512..1023): its flag and its chunk go; block 0 stays done.
@@ -119,6 +121,7 @@ def test_resume_in_the_bucket_redoes_only_the_blocks_without_a_flag(runs, s3_ser
     np.testing.assert_array_equal(_mask(runs["remote"]), _mask(runs["local"]))
 
 
+@pytest.mark.slow  # the module's jobs on 2 CPUs: a minute or more
 def test_overwrite_replaces_a_store_in_the_bucket_and_refuses_a_foreign_prefix(runs, s3_server, tmp_path):
     client = s3_server.client()
     client.put_object(Bucket=BUCKET, Key="run.zarr/stale/zarr.json", Body=b"{}")  # not the job's: goes
@@ -136,16 +139,18 @@ def test_overwrite_replaces_a_store_in_the_bucket_and_refuses_a_foreign_prefix(r
     assert [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="photos/")["Contents"]] == ["photos/a.jpg"]
 
 
-def test_an_unusable_bucket_is_refused_before_anything_is_written(runs, s3_server):
+def test_an_unusable_bucket_is_refused_before_anything_is_written(s3_server, tiny_model_path):
+    scenes = s3_server.bucket(BUCKET) + "/scenes/"
     # A URL carrying a secret is shown without it.
     for out in ("s3://no-such-bucket-here/run.zarr", f"s3://someone:{SECRET_KEY}@no-such-bucket/run.zarr"):
-        rc, text = _cli(["segment", f"{runs['bucket']}/scenes/", "--out", out, *runs["model"], *JOB])
+        rc, text = _cli(["segment", scenes, "--out", out, "--model", str(tiny_model_path), *JOB])
         assert rc == 2 and len(text.strip().splitlines()) == 1, text
         assert "no such bucket" in text or "cannot reach the bucket" in text, text
     names = {b["Name"] for b in s3_server.client().list_buckets()["Buckets"]}
     assert not any("no-such" in n for n in names)
 
 
+@pytest.mark.slow  # the module's jobs on 2 CPUs: a minute or more
 def test_export_cogs_from_and_to_the_bucket(runs, s3_server):
     from tileseg.uri import gdal_cloud_options, gdal_path
 
@@ -164,6 +169,7 @@ def test_export_cogs_from_and_to_the_bucket(runs, s3_server):
     assert _cli(["export", runs["remote"], "--cog", "s3://no-such-bucket-here/cogs/"])[0] == 2
 
 
+@pytest.mark.slow  # the module's jobs on 2 CPUs: a minute or more
 def test_evaluate_a_store_and_truth_in_the_bucket(runs, tmp_path):
     remote_dir, local_dir = tmp_path / "remote_eval", tmp_path / "local_eval"
     rc, text = _cli(["evaluate", runs["remote"], "--truth", f"{runs['bucket']}/truth/mask.tif",
@@ -178,6 +184,7 @@ def test_evaluate_a_store_and_truth_in_the_bucket(runs, tmp_path):
     assert remote["store"] == runs["remote"]
 
 
+@pytest.mark.slow  # the module's jobs on 2 CPUs: a minute or more
 def test_no_secret_in_any_file_written(runs, s3_server):
     """Every object in the bucket and every file the module wrote locally is free of the secret key."""
     client = s3_server.client()
@@ -189,3 +196,27 @@ def test_no_secret_in_any_file_written(runs, s3_server):
     assert any(p.name == "summary.json" for p in files)
     for path in files:
         assert SECRET_KEY.encode() not in path.read_bytes(), path
+
+
+def test_a_local_out_needs_shared_fs_on_more_than_one_node():
+    from tileseg.errors import OptionError
+    from tileseg.segment.options import check_nodes
+
+    with pytest.raises(OptionError, match=r"--out: /data/run.zarr is a local path, but the Ray cluster has 3 nodes.*"
+                       r"s3://, gs://, az://.*--shared-fs"):  # fmt: skip
+        check_nodes("/data/run.zarr", 3, shared_fs=False)
+    check_nodes("/data/run.zarr", 3, shared_fs=True)
+    check_nodes("/data/run.zarr", 1, shared_fs=False)
+    check_nodes("s3://bucket/run.zarr", 3, shared_fs=False)
+
+
+def test_workers_get_the_cloud_variables_and_nothing_else():
+    from tileseg.uri import cloud_env
+
+    env = {"AWS_ENDPOINT_URL": "http://h:9", "AWS_SECRET_ACCESS_KEY": "s", "AWS_PROFILE": "mine", "HOME": "/root",
+           "AZURE_STORAGE_SAS_TOKEN": "t", "AWS_REGION": ""}  # fmt: skip
+    assert cloud_env(env) == {
+        "AWS_ENDPOINT_URL": "http://h:9",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AZURE_STORAGE_SAS_TOKEN": "t",
+    }

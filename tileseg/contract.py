@@ -83,6 +83,7 @@ def check_location(out: str | os.PathLike[str]) -> None:
         fs, root = _fs(out)
         bucket = root.split("/", 1)[0]
         found = fs.exists(bucket)
+        bucket = redact(bucket.rsplit("@", 1)[-1])  # as shown: never a user:secret@ prefix
     except Exception as exc:  # noqa: BLE001 - bad credentials, no permission, endpoint unreachable
         raise StoreError(f"{redact(os.fspath(out))}: cannot reach the bucket: {_brief(exc)}") from None
     if not found:
