@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from tileseg.errors import TilesegError
 from tileseg.options import Command, add_options, from_args, option
+from tileseg.uri import redact
 
 # Job subcommands, each the module that defines its COMMAND (imported when the parser is built).
 JOB_MODULES = ("tileseg.segment", "tileseg.train", "tileseg.evaluate", "tileseg.vectorize.options")
@@ -65,7 +66,6 @@ class ExportOptions:
 def run_export(opts: ExportOptions) -> int:
     """Write each image's mask of a store as a Cloud-Optimized GeoTIFF."""
     from tileseg import store
-    from tileseg.uri import redact
 
     try:
         paths = store.export_cogs(opts.store, opts.cog)
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(cmd.run(from_args(cmd.options, args)) or 0)
     except TilesegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(redact(f"error: {exc}"), file=sys.stderr)  # never a credential, whatever the message holds
         return 2
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from tileseg.segment.plan import ImagePlan
 from tileseg.segment.work import WorkItem
+from tileseg.uri import redact
 
 
 @dataclass
@@ -130,25 +131,29 @@ class Summary:
 
 
 def print_summary(summary: Summary) -> None:
-    """A table of what happened per image, and where the result is."""
+    """A table of what happened per image, and where the result is (credentials redacted)."""
+    out: list[str] = []
     rows = summary.images
     width = max([len(Path(r.path).name) for r in rows] + [5])
-    print(f"\n{'image':<{width}}  {'status':<7} {'tiles run':>9} {'skipped':>8} {'seconds':>8}  error / warning")
+    out.append(f"\n{'image':<{width}}  {'status':<7} {'tiles run':>9} {'skipped':>8} {'seconds':>8}  error / warning")
     for r in rows:
         err = (r.error or (f"warning: {r.warning}" if r.warning else ""))[:100]
-        print(
+        out.append(
             f"{Path(r.path).name:<{width}}  {r.status:<7} {r.tiles_run:>9} {r.tiles_skipped:>8} "
             f"{r.seconds:>8.1f}  {err}"
         )
     t, p = summary.totals, summary.phases
-    print(
+    out.append(
         f"\n{t.done} of {t.images} images segmented ({t.failed} failed, {t.skipped} skipped) "
         f"in {summary.seconds:.1f} s -> {summary.store}"
     )
-    print(f"phases: plan {p.plan:.1f} s, start-up {p.startup:.1f} s, run {p.run:.1f} s, shutdown {p.shutdown:.1f} s")
+    out.append(
+        f"phases: plan {p.plan:.1f} s, start-up {p.startup:.1f} s, run {p.run:.1f} s, shutdown {p.shutdown:.1f} s"
+    )
     done = [r for r in rows if r.status == "done"]
     if done:
-        print("Open it with:")
+        out.append("Open it with:")
         opener = f"import xarray as xr; print(xr.open_zarr('{summary.store}', group='{done[0].group}'))"
-        print(f'  python -c "{opener}"')
-        print(f"  tileseg export {summary.store} --cog out/cog   # Cloud-Optimized GeoTIFFs for QGIS/GDAL")
+        out.append(f'  python -c "{opener}"')
+        out.append(f"  tileseg export {summary.store} --cog out/cog   # Cloud-Optimized GeoTIFFs for QGIS/GDAL")
+    print(redact("\n".join(out)))
