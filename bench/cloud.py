@@ -114,7 +114,8 @@ def main() -> int:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     os.environ.update(
-        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench-secret", AWS_DEFAULT_REGION="us-east-1",
+        AWS_ACCESS_KEY_ID="tileseg-bench-access", AWS_SECRET_ACCESS_KEY="tileseg-bench-secret-7e21",
+        AWS_DEFAULT_REGION="us-east-1",
         AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_EC2_METADATA_DISABLED="true",
     )  # fmt: skip
     log = RequestLog()

@@ -17,7 +17,7 @@ from tileseg.errors import RasterError, StoreError
 from tileseg.grid import Block
 from tileseg.segment.options import Resolved
 from tileseg.segment.work import WorkItem
-from tileseg.uri import absolute, redact
+from tileseg.uri import absolute, is_uri, redact
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def plan_image(job: Resolved, path: str, info: raster.ImageInfo | Exception, nam
         if warning and o.progress:
             print(f"warning: {path}: {warning}", file=sys.stderr)
         blocks = job.tiling.plan(info.height, info.width, block=o.block, chunk=o.chunk)
-        recorded = replace(info, path=redact(info.path))  # the store never records a credential
+        recorded = replace(info, path=redact(info.path)) if is_uri(path) else info  # no credential in the store
         store.create_image_group(
             job.out,
             name,
