@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 
 SCENE = Path(os.environ.get("TILESEG_DATA", REPO.parent / "shared" / "data")) / "kampala/scene/kampala_z21_image.tif"
 BUCKET = "tileseg-bench"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[0-9.]+" (?P<status>\d{3})')
 
 
@@ -55,7 +56,7 @@ class RequestLog(logging.Handler):
         self.recording = False
 
     def emit(self, record: logging.LogRecord) -> None:
-        m = _LINE.search(record.getMessage())
+        m = _LINE.search(_ANSI.sub("", record.getMessage()))  # werkzeug colours lines other than 200s
         if m and self.recording:
             self.kinds[classify(m["method"], m["path"])] += 1
 
