@@ -211,6 +211,7 @@ def test_worker_node_killed_mid_job(small_scene, expected, tiny_model_path, tmp_
         summary = segment(
             inputs=[str(small_scene)], out=out, model=tiny_model_path, block=512, chunk=512, actors=2,
             gpus_per_actor=0.5, address=cluster.address, progress=False,
+            shared_fs=True,  # every node of this cluster runs on this machine and sees its disk
         )  # fmt: skip
     finally:
         killed.set()

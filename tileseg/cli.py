@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from tileseg.errors import TilesegError
 from tileseg.options import Command, add_options, from_args, option
+from tileseg.uri import redact
 
 # Job subcommands, each the module that defines its COMMAND (imported when the parser is built).
 JOB_MODULES = ("tileseg.segment", "tileseg.train", "tileseg.evaluate", "tileseg.vectorize.options")
@@ -59,7 +60,7 @@ def run_info(opts: InfoOptions) -> int:
 @dataclass(frozen=True)
 class ExportOptions:
     store: str = option(help="a .zarr store written by `tileseg segment`", positional=True)
-    cog: str = option(help="directory for one COG per image", metavar="DIR")
+    cog: str = option(help="directory (or object-store prefix, s3://bucket/cogs/) for one COG per image", metavar="DIR")
 
 
 def run_export(opts: ExportOptions) -> int:
@@ -69,7 +70,7 @@ def run_export(opts: ExportOptions) -> int:
     try:
         paths = store.export_cogs(opts.store, opts.cog)
     except OSError as exc:
-        raise TilesegError(f"{opts.store}: {exc}") from None
+        raise TilesegError(redact(f"{opts.store}: {exc}")) from None
     for path in paths:
         print(path)
     return 0
@@ -115,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(cmd.run(from_args(cmd.options, args)) or 0)
     except TilesegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(redact(f"error: {exc}"), file=sys.stderr)  # never a credential, whatever the message holds
         return 2
 
 

@@ -45,6 +45,7 @@ def write_run_file(store: str | os.PathLike[str], name: str, text: str) -> str:
     """Write a run file whole (a reader never sees half of it: local temp + rename; one PUT remotely)."""
     fs, root = _fs(store)
     path = f"{root}/{RUN_GROUP}/{name}"
+    text = redact(text)  # a run file never carries a credential, whatever a message or path held
     if is_remote(store):
         fs.pipe_file(path, text.encode())
     else:
@@ -62,6 +63,34 @@ def read_run_file(store: str | os.PathLike[str], name: str) -> str | None:
         return fs.cat_file(f"{root}/{RUN_GROUP}/{name}").decode()
     except (FileNotFoundError, OSError):
         return None
+
+
+def _brief(exc: BaseException) -> str:
+    """An exception as one redacted line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return redact(lines[0] if lines else type(exc).__name__)
+
+
+def check_location(out: str | os.PathLike[str]) -> None:
+    """Refuse an object-store `--out` whose bucket is missing or out of reach, before anything is written.
+
+    (A local store's directories are made as needed; whether a store can be written is known when its
+    lock is taken, the run's first write.)
+    """
+    if not is_remote(out):
+        return
+    try:
+        fs, root = _fs(out)
+        bucket = root.split("/", 1)[0]
+        found = fs.exists(bucket)
+        bucket = redact(bucket.rsplit("@", 1)[-1])  # as shown: never a user:secret@ prefix
+    except Exception as exc:  # noqa: BLE001 - bad credentials, no permission, endpoint unreachable
+        raise StoreError(f"{redact(os.fspath(out))}: cannot reach the bucket: {_brief(exc)}") from None
+    if not found:
+        raise StoreError(
+            f"{redact(os.fspath(out))}: no such bucket {bucket!r} (create it, or check AWS_ENDPOINT_URL and "
+            "the credentials)"
+        )
 
 
 def exists(store: str | os.PathLike[str]) -> bool:
@@ -217,7 +246,7 @@ class StoreLock:
             try:
                 created = self._create(json.dumps(me))
             except OSError as exc:  # a file in the way, no permission, no such bucket
-                raise StoreError(f"cannot write {redact(os.fspath(self.store))}: {redact(str(exc))}") from None
+                raise StoreError(f"cannot write {redact(os.fspath(self.store))}: {_brief(exc)}") from None
             if created:
                 self.held = True
                 return

@@ -47,7 +47,7 @@ from tileseg.grid import Window
 from tileseg.jsonio import json_safe
 from tileseg.mask import MAX_CLASSES, NODATA
 from tileseg.raster import ImageInfo, path_stem
-from tileseg.uri import redact
+from tileseg.uri import is_remote, redact
 
 __all__ = [
     "MASK_NODATA",
@@ -604,7 +604,7 @@ def image_groups(store: StoreLike) -> list[str]:
     try:
         root = zarr.open_group(_store_arg(store), mode="r")
     except FileNotFoundError:
-        raise StoreError(f"{store}: no such Zarr store") from None
+        raise StoreError(f"{redact(str(store))}: no such Zarr store") from None
     return sorted(k for k, g in root.groups() if "layout" in g.attrs)
 
 
@@ -687,17 +687,37 @@ def export_cogs(
     names: Sequence[str] | None = None,
     *,
     blocksize: int = 512,
-) -> list[Path]:
+) -> list[Path | str]:
     """Write each image's mask as a Cloud-Optimized GeoTIFF `<out_dir>/<name>.tif` (and its uncertainty
     layer, where the group has one, as `<name>_uncertainty.tif`).
 
     Streams the mask chunk-row by chunk-row into a temporary tiled GeoTIFF (never the whole mask in
     memory), then GDAL's COG driver adds MODE overviews; nodata 255, a class colour table, and the
-    input's CRS and transform. The uncertainty COG has AVERAGE overviews. Returns the paths written.
+    input's CRS and transform; the uncertainty COG has AVERAGE overviews. `out_dir` may be an object-store
+    prefix (s3://bucket/cogs/): each COG is made in a local temp dir and uploaded whole, so a reader never
+    sees half of one. Returns the paths (or URLs) written.
     """
+    import tempfile
+
+    import fsspec
+
+    from tileseg.contract import check_location
+
+    if is_remote(out_dir):
+        check_location(out_dir)  # before any work: the bucket is there and reachable
+        with tempfile.TemporaryDirectory(prefix="tileseg-cog-") as staging:
+            prefix = os.fspath(out_dir).rstrip("/")
+            fs = fsspec.core.url_to_fs(prefix)[0]
+            urls: list[Path | str] = []
+            for local in export_cogs(store, staging, names, blocksize=blocksize):
+                url = f"{prefix}/{Path(local).name}"
+                fs.put_file(os.fspath(local), url)
+                Path(local).unlink()
+                urls.append(url)
+            return urls
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
+    written: list[Path | str] = []
     for name in names if names is not None else image_groups(store):
         g = _open_group(store, name)
         info = ImageInfo.from_dict(g.attrs["image"])

@@ -132,6 +132,7 @@ _SECRET_VARS = (
     "AWS_SESSION_TOKEN",
     "AWS_ACCESS_KEY_ID",
     "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_STORAGE_ACCOUNT_KEY",
     "AZURE_STORAGE_SAS_TOKEN",
     "AZURE_STORAGE_CONNECTION_STRING",
     "GS_SECRET_ACCESS_KEY",
@@ -146,6 +147,52 @@ def redact(text: str) -> str:
     text = _SECRET_QUERY.sub(lambda m: m.group("key") + "***", text)
     for var in _SECRET_VARS:
         value = os.environ.get(var)
-        if value and len(value) >= 4:
+        if value and len(value) >= 8:  # real keys are long; a short toy value would mangle ordinary words
             text = text.replace(value, "***")
     return text
+
+
+# What a Ray worker on another node needs to reach the same object store as the driver: endpoints,
+# regions and credentials in each library's standard variables (boto3/s3fs, GDAL, gcsfs, adlfs). Files
+# they might name (AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS) are not passed: they exist on this machine only.
+CLOUD_ENV_VARS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_EC2_METADATA_DISABLED",
+    "AWS_NO_SIGN_REQUEST",
+    "AWS_S3_ENDPOINT",
+    "AWS_HTTPS",
+    "AWS_VIRTUAL_HOSTING",
+    "GS_ACCESS_KEY_ID",
+    "GS_SECRET_ACCESS_KEY",
+    "GOOGLE_CLOUD_PROJECT",
+    "AZURE_STORAGE_ACCOUNT",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_CONNECTION_STRING",
+)
+
+
+def cloud_env(environ: os._Environ[str] | dict[str, str] | None = None) -> dict[str, str]:
+    """The standard object-storage variables set here (CLOUD_ENV_VARS), for the environment of Ray
+    workers on other nodes. Held in memory only: never write them to a file."""
+    env = os.environ if environ is None else environ
+    return {k: env[k] for k in CLOUD_ENV_VARS if env.get(k)}
+
+
+def redact_tree(value: object) -> object:
+    """`value` (JSON-like: dicts, lists, strings) with `redact` applied to every string in it."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact_tree(k): redact_tree(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_tree(v) for v in value]
+    return value

@@ -12,6 +12,7 @@ import zarr
 from tileseg.errors import EvaluationError
 from tileseg.mask import MAX_CLASSES, NODATA
 from tileseg.options import check, int_list, option
+from tileseg.uri import is_remote, redact
 
 SCHEDULERS = ("threads", "ray")
 """Dask schedulers offered on the command line; the Python API also takes 'sync' (one thread, for debugging)."""
@@ -95,8 +96,8 @@ def check_options(opts: EvaluateOptions) -> None:
     if isinstance(opts.store, zarr.Group):
         if opts.store.path:
             raise EvaluationError("pass the store's root group (or its path), not a sub-group")
-    elif not Path(opts.store).exists():
-        raise EvaluationError(f"prediction store not found: {opts.store}")
+    elif not _exists(opts.store):
+        raise EvaluationError(f"prediction store not found: {redact(str(opts.store))}")
     check(
         (opts.truth is None) != (opts.truth_vectors is None),
         "--truth",
@@ -104,5 +105,14 @@ def check_options(opts: EvaluateOptions) -> None:
     )
     check(0 < opts.iou_threshold <= 1, "--iou-threshold", f"must be in (0, 1], got {opts.iou_threshold}")
     for what, path in (("truth", opts.truth), ("truth polygons", opts.truth_vectors), ("AOI", opts.aoi)):
-        if path is not None and not Path(path).exists():
-            raise EvaluationError(f"{what} not found: {path}")
+        if path is not None and not _exists(path):
+            raise EvaluationError(f"{what} not found: {redact(str(path))}")
+
+
+def _exists(path: str | Path) -> bool:
+    """A local path, or an object-store URL (s3://, gs://, az://, https://) with something there."""
+    if is_remote(path):
+        from tileseg.contract import exists
+
+        return exists(path)
+    return Path(path).exists()

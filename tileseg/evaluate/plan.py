@@ -6,6 +6,7 @@ before any Dask graph runs or any report is written.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from tileseg.evaluate.options import EvaluateOptions
 from tileseg.evaluate.truth import TruthSource, match_truth, plan_truth, truth_files
 from tileseg.mask import NODATA
 from tileseg.raster import RASTER_EXTENSIONS
+from tileseg.uri import gdal_cloud_options, gdal_path, is_remote
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,9 @@ class EvaluationPlan:
 
 def _store_ref(store: str | Path | zarr.Group) -> Any:
     """What tileseg.store's readers take: a path string, or the zarr store under an open root group."""
-    return store.store if isinstance(store, zarr.Group) else str(Path(store))
+    if isinstance(store, zarr.Group):
+        return store.store
+    return str(store).rstrip("/") if is_remote(store) else str(Path(store))
 
 
 def _store_label(store: str | Path | zarr.Group) -> str:
@@ -90,6 +94,8 @@ def _default_out_dir(store: str | Path | zarr.Group) -> Path:
         if root is None:
             raise EvaluationError("out_dir is required when the store is not a local directory")
         store = Path(str(root))
+    if is_remote(store):  # reports are written locally: beside the current directory
+        return Path.cwd() / f"{Path(str(store).rstrip('/')).stem}_eval"
     path = Path(store).resolve()
     return path.parent / f"{path.stem}_eval"
 
@@ -155,7 +161,7 @@ def make_plan(opts: EvaluateOptions) -> EvaluationPlan:
     out_dir = Path(opts.out_dir) if opts.out_dir is not None else _default_out_dir(opts.store)
     root = zarr.open_group(ref, mode="r")
     attrs = {n: dict(root[n].attrs) for n in names}
-    truth = Path(opts.truth)
+    truth = Path(_truth_path(str(opts.truth)))
     matches, unmatched, unused, ambiguous = _match(truth, names, {n: attrs[n].get("source") for n in names}, opts.store)
     notes: list[str] = []
     images = tuple(_plan_image(ref, n, attrs[n], opts, matches.get(n), notes) for n in names)
@@ -171,3 +177,13 @@ def make_plan(opts: EvaluateOptions) -> EvaluationPlan:
         ambiguous=ambiguous,
         notes=tuple(notes),
     )
+
+
+def _truth_path(truth: str) -> str:
+    """A truth raster as GDAL opens it: an object-store URL becomes its /vsi path (one raster, not a
+    prefix), with GDAL's object-storage settings in place; local paths unchanged."""
+    if not is_remote(truth):
+        return truth
+    for key, value in gdal_cloud_options().items():
+        os.environ.setdefault(key, value)  # as tileseg.raster does before its first remote open
+    return gdal_path(truth)

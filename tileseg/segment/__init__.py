@@ -16,6 +16,7 @@ idempotent and `--resume` redoes only blocks without a flag. The driver holds no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterable
@@ -26,8 +27,8 @@ from tileseg import contract, store
 from tileseg.jsonio import json_safe
 from tileseg.options import Command
 from tileseg.ray_session import RaySession
-from tileseg.segment.options import DESCRIPTION, Resolved, SegmentOptions, resolve
-from tileseg.segment.pipeline import pool_size, run_stream
+from tileseg.segment.options import DESCRIPTION, Resolved, SegmentOptions, check_nodes, resolve
+from tileseg.segment.pipeline import alive_nodes, job_session, pool_size, run_stream
 from tileseg.segment.plan import JobPlan, plan_job, prepare_store, range_warning
 from tileseg.segment.report import ImageReport, Phases, Summary, print_summary
 from tileseg.segment.stages import read_block, read_stage, write_block, write_stage
@@ -65,20 +66,35 @@ def segment(options: SegmentOptions | None = None, /, **kwargs: Any) -> Summary:
         raise TypeError("segment() takes one SegmentOptions, or its fields as keywords (inputs=..., out=...)")
     t0 = time.monotonic()
     job = resolve(options)  # every option checked: nothing touched yet
-    with contract.StoreLock(job.out):  # one writer at a time, taken before anything is replaced
-        return _segment(job, t0)
+    session = job_session(job)
+    # A cluster is joined first: its node count decides whether a local --out can be written at all. An
+    # embedded Ray (one node) starts later, once the plan has work for it.
+    joins = bool(session.address) or _ray_running()
+    t_ray = time.monotonic()
+    with session if joins else contextlib.nullcontext():
+        if joins:
+            check_nodes(job.out, alive_nodes(), options.shared_fs)
+        ray_s = time.monotonic() - t_ray if joins else 0.0
+        with contract.StoreLock(job.out):  # one writer at a time, taken before anything is replaced
+            return _segment(job, t0, session, ray_s)
 
 
-def _segment(job: Resolved, t0: float) -> Summary:
-    """Plan, stream and finish a resolved job while holding the store's lock."""
+def _ray_running() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+def _segment(job: Resolved, t0: float, session: RaySession, ray_s: float) -> Summary:
+    """Plan, stream and finish a resolved job while holding the store's lock (`ray_s`: Ray's start-up)."""
     options = job.options
     prepare_store(job)
     plan = plan_job(job)
     reports = [ImageReport.planned(p) for p in plan.images]
-    plan_s = time.monotonic() - t0
-    stopped, phases = None, Phases(plan=plan_s)
+    plan_s = time.monotonic() - t0 - ray_s
+    stopped, phases = None, Phases(plan=plan_s, startup=ray_s)
     if plan.items and not (options.fail_fast and any(r.status == "failed" for r in reports)):
-        stopped, phases = _run(job, plan, reports, plan_s)
+        stopped, phases = _run(job, plan, reports, plan_s, session, ray_s)
     t_finish = time.monotonic()
     _finish(job, reports, stopped)
     phases = Phases(phases.plan, phases.startup, phases.run, phases.shutdown + time.monotonic() - t_finish)
@@ -98,7 +114,9 @@ def _segment(job: Resolved, t0: float) -> Summary:
     return summary
 
 
-def _run(job: Resolved, plan: JobPlan, reports: list[ImageReport], plan_s: float) -> tuple[str | None, Phases]:
+def _run(
+    job: Resolved, plan: JobPlan, reports: list[ImageReport], plan_s: float, session: RaySession, ray_s: float
+) -> tuple[str | None, Phases]:
     """Stream the plan on Ray, folding finished blocks into `reports`; (why it stopped early, phases)."""
 
     def fold(item: WorkItem) -> str | None:
@@ -107,8 +125,8 @@ def _run(job: Resolved, plan: JobPlan, reports: list[ImageReport], plan_s: float
             return f"stopped by --fail-fast: {item.error}"
         return None
 
-    s = run_stream(job, plan, fold)
-    return s.stopped, Phases(plan_s, s.ready - s.start, s.running - s.ready, s.end - s.running)
+    s = run_stream(job, plan, fold, session)
+    return s.stopped, Phases(plan_s, ray_s + s.ready - s.start, s.running - s.ready, s.end - s.running)
 
 
 def _finish(job: Resolved, reports: list[ImageReport], stopped: str | None) -> None:

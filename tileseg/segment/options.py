@@ -23,7 +23,7 @@ from tileseg.raster import ImageInfo
 from tileseg.stitch import TilingSpec
 from tileseg.store import PROBABILITY_DTYPES, ZARR_FORMATS, store_format
 from tileseg.tta import TTA_MODES
-from tileseg.uri import absolute, is_uri, object_identity, redact
+from tileseg.uri import absolute, is_remote, is_uri, object_identity, redact
 
 DESCRIPTION = """\
 Segment images (files, directories, globs; object URLs, prefixes and patterns such as
@@ -111,6 +111,11 @@ class SegmentOptions:
         "(.parquet GeoParquet, .gpkg, .fgb, .geojson), as `tileseg vectorize` does",
     )
     stall_timeout: float = option(900.0, help="fail if no block finishes for this many seconds")
+    shared_fs: bool = option(
+        False,
+        help="a local --out is on a filesystem every Ray node mounts (NFS, Lustre, ...): allow it on a multi-node "
+        "cluster (otherwise such a cluster needs an object-store --out: s3://, gs://, az://)",
+    )
     address: str | None = option(None, help="Ray address (default: RAY_ADDRESS, else embedded)")
     num_cpus: int | None = option(None, help="CPUs for an embedded Ray (default: all)")
     progress: bool = option(True, flag="--quiet", help="no progress bar (Python: progress=False)")
@@ -225,6 +230,17 @@ class Resolved:
         }
 
 
+def check_nodes(out: str, nodes: int, shared_fs: bool) -> None:
+    """Refuse a local `--out` on a Ray cluster of more than one node (unless `--shared-fs`): each node
+    would write its blocks to its own disk."""
+    check(
+        nodes <= 1 or shared_fs or is_remote(out),
+        "--out",
+        f"{redact(out)} is a local path, but the Ray cluster has {nodes} nodes: write to object storage "
+        "(s3://, gs://, az://), or pass --shared-fs if every node mounts this path",
+    )
+
+
 def resolve(o: SegmentOptions) -> Resolved:
     """Check every option (OptionError naming it) and fix the model, bands and tiling; no side effects."""
     check(len(o.inputs) > 0, "INPUT", "give at least one image, directory or glob")
@@ -281,8 +297,9 @@ def resolve(o: SegmentOptions) -> Resolved:
     )
     check(all(b >= 1 for b in bands), "--bands", f"bands are 1-based, got {','.join(map(str, bands))}")
     out = absolute(o.out)
+    contract.check_location(out)
     if contract.exists(out) and not (o.resume or o.overwrite):
-        raise StoreExistsError(f"{out} exists: pass --resume to continue it or --overwrite to replace it")
+        raise StoreExistsError(f"{redact(out)} exists: pass --resume to continue it or --overwrite to replace it")
     if o.resume:
         contract.check_resume(out)
         kept = store_format(out)

@@ -22,10 +22,25 @@ from tileseg.segment.options import Resolved
 from tileseg.segment.plan import JobPlan
 from tileseg.segment.stages import read_stage, write_stage
 from tileseg.segment.work import WorkItem
+from tileseg.uri import cloud_env
 
 # One environment for every stage's workers: quiet TF, and a bounded GDAL block cache (GDAL's default,
 # 5% of RAM per process, would let each reader grow by gigabytes on big machines).
 WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "GDAL_CACHEMAX": "256"}
+
+
+def job_session(job: Resolved) -> RaySession:
+    """The job's Ray: WORKER_ENV plus the object-storage variables set here (`uri.cloud_env`), so that
+    workers on other nodes reach the same endpoint with the same credentials (in memory only)."""
+    o = job.options
+    return RaySession(o.address, o.num_cpus, worker_env={**WORKER_ENV, **cloud_env()})
+
+
+def alive_nodes() -> int:
+    """How many nodes of the connected Ray cluster are alive."""
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 
 @dataclass(frozen=True)
@@ -62,16 +77,19 @@ def pool_size(
     return int(actors), float(gpus_per_actor), cpus_per_actor, threads
 
 
-def run_stream(job: Resolved, plan: JobPlan, on_item: Callable[[WorkItem], str | None]) -> StreamResult:
-    """Stream the plan's items through read -> predict -> write on Ray; `on_item` gets each finished item
-    and returns a reason to stop (--fail-fast) or None. Ray starts here and is shut down before returning."""
+def run_stream(
+    job: Resolved, plan: JobPlan, on_item: Callable[[WorkItem], str | None], session: RaySession
+) -> StreamResult:
+    """Stream the plan's items through read -> predict -> write on the Ray of `session` (`job_session`,
+    entered); `on_item` gets each finished item and returns a reason to stop (--fail-fast) or None. The
+    session is left (an embedded or joined Ray shut down) before returning."""
     import ray
 
     o = job.options
     start = time.time()
     ready = running = 0.0
     stopped = None
-    with RaySession(o.address, o.num_cpus, worker_env=WORKER_ENV) as session:
+    with session:
         n_actors, gpus, cpus, threads = pool_size(o.actors, o.gpus_per_actor, ray.cluster_resources())
         # Streaming, not flooding: about two blocks per actor in flight (read, queued or being written), so
         # memory stays a few blocks deep however large the input (Ray Data would otherwise read far ahead).

@@ -7,7 +7,7 @@ geometry only; the tiling they were planned with travels separately, once (`Reso
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from tileseg.grid import Block
 from tileseg.resample import ResampledBlock
 from tileseg.segment.options import Resolved
 from tileseg.segment.work import WorkItem
-from tileseg.uri import absolute, redact
+from tileseg.uri import absolute, is_uri, redact
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def prepare_store(job: Resolved) -> None:
         attrs = {"settings": job.settings(), "model": job.model_identity()}
         store.create_store(job.out, attrs, zarr_format=None if o.resume else o.zarr_format)
     except OSError as exc:  # a file in the way, no permission
-        raise StoreError(f"cannot write {job.out}: {exc}") from None
+        raise StoreError(f"cannot write {redact(job.out)}: {redact(str(exc))}") from None
 
 
 def plan_job(job: Resolved) -> JobPlan:
@@ -157,10 +157,11 @@ def plan_image(
         blocks = job.tiling.plan(info.height, info.width, block=o.block, chunk=o.chunk)
         if scale != 1.0:  # the model's grid: each block reads what its resampled tiles need
             blocks = [_on_model_grid(b, info, scale, job) for b in blocks]
+        recorded = replace(info, path=redact(info.path)) if is_uri(path) else info  # no credential in the store
         store.create_image_group(
             job.out,
             name,
-            info,
+            recorded,
             classes=job.meta.classes,
             chunk=o.chunk,
             num_blocks=len(blocks),
@@ -173,7 +174,7 @@ def plan_image(
                 "scale": scale,
                 **({"stac": stac_record} if stac_record else {}),
             },
-            plan=job.image_plan(info, blocks, scale),
+            plan=job.image_plan(recorded, blocks, scale),
         )
     except (RasterError, StoreError, ValueError) as exc:
         return ImagePlan(path=path, warning=warning, error=str(exc))

@@ -142,28 +142,33 @@ def _label(path: str) -> str:
 
 
 def print_summary(summary: Summary) -> None:
-    """A table of what happened per image, and where the result is."""
+    """A table of what happened per image, and where the result is (credentials redacted)."""
+    out: list[str] = []
     rows = summary.images
     width = max([len(_label(r.path)) for r in rows] + [5])
     uncertain = any(r.uncertain_share is not None for r in rows)
     head = f" {'uncertain':>9}" if uncertain else ""
-    print(f"\n{'image':<{width}}  {'status':<7} {'tiles run':>9} {'skipped':>8} {'seconds':>8}{head}  error / warning")
+    columns = f"{'status':<7} {'tiles run':>9} {'skipped':>8} {'seconds':>8}{head}"
+    out.append(f"\n{'image':<{width}}  {columns}  error / warning")
     for r in rows:
         err = (r.error or (f"warning: {r.warning}" if r.warning else ""))[:160]
         share = "" if not uncertain else f" {'':>9}" if r.uncertain_share is None else f" {r.uncertain_share:>9.1%}"
-        print(
+        out.append(
             f"{_label(r.path):<{width}}  {r.status:<7} {r.tiles_run:>9} {r.tiles_skipped:>8} "
             f"{r.seconds:>8.1f}{share}  {err}"
         )
     t, p = summary.totals, summary.phases
-    print(
+    out.append(
         f"\n{t.done} of {t.images} images segmented ({t.failed} failed, {t.skipped} skipped) "
         f"in {summary.seconds:.1f} s -> {summary.store}"
     )
-    print(f"phases: plan {p.plan:.1f} s, start-up {p.startup:.1f} s, run {p.run:.1f} s, shutdown {p.shutdown:.1f} s")
+    out.append(
+        f"phases: plan {p.plan:.1f} s, start-up {p.startup:.1f} s, run {p.run:.1f} s, shutdown {p.shutdown:.1f} s"
+    )
     done = [r for r in rows if r.status == "done"]
     if done:
-        print("Open it with:")
+        out.append("Open it with:")
         opener = f"import xarray as xr; print(xr.open_zarr('{summary.store}', group='{done[0].group}'))"
-        print(f'  python -c "{opener}"')
-        print(f"  tileseg export {summary.store} --cog out/cog   # Cloud-Optimized GeoTIFFs for QGIS/GDAL")
+        out.append(f'  python -c "{opener}"')
+        out.append(f"  tileseg export {summary.store} --cog out/cog   # Cloud-Optimized GeoTIFFs for QGIS/GDAL")
+    print(redact("\n".join(out)))

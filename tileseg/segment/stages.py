@@ -14,6 +14,7 @@ from typing import Any
 from tileseg import raster, store
 from tileseg.errors import RasterError
 from tileseg.segment.work import WorkItem
+from tileseg.uri import redact
 
 
 def read_block(item: WorkItem, bands: Sequence[int] | None) -> WorkItem:
@@ -38,7 +39,7 @@ def write_block(item: WorkItem, out: str) -> WorkItem:
                 out, item.group, item.block.region, item.mask, item.probability, item.block.index, item.uncertainty
             )
         except Exception as exc:  # noqa: BLE001
-            error = f"{item.path}: writing block {item.block.index} failed: {exc}"
+            error = redact(f"{item.path}: writing block {item.block.index} failed: {exc}")
     return item.but(mask=None, probability=None, uncertainty=None, error=error, write_s=time.perf_counter() - start)
 
 
