@@ -15,14 +15,18 @@ from tileseg.grid import Block
 from tileseg.mask import NODATA, to_mask
 from tileseg.stitch import TileCounts, TilingSpec
 
-__all__ = ["NODATA", "TilePredictor", "TilingSpec", "segment_block", "to_mask"]
+__all__ = ["NODATA", "NonFiniteOutputError", "TilePredictor", "TilingSpec", "segment_block", "to_mask"]
+
+
+class NonFiniteOutputError(ValueError):
+    """The model's output holds NaN or inf: its predictions cannot be trusted (nor stored)."""
 
 
 class TilePredictor:
     """Raw tiles (N, t, t, C) -> probabilities (N, t, t, K), normalised as the artifact says.
 
     Batches are padded to a fixed size so every call runs the same compiled graph: a tile's result
-    does not depend on which other tiles share its batch.
+    does not depend on which other tiles share its batch. Non-finite output raises NonFiniteOutputError.
     """
 
     def __init__(self, model_path: str | Path, *, batch_size: int = 16, threads: int | None = None):
@@ -45,7 +49,11 @@ class TilePredictor:
             if k < self.batch_size:
                 pad = np.zeros((self.batch_size - k, *chunk.shape[1:]), np.float32)
                 chunk = np.concatenate([chunk, pad])
-            out.append(np.asarray(self._run(chunk))[:k])
+            probs = np.asarray(self._run(chunk))[:k]
+            if not np.isfinite(probs).all():
+                bad = int((~np.isfinite(probs)).reshape(k, -1).any(axis=1).sum())
+                raise NonFiniteOutputError(f"the model gave non-finite values (NaN or inf) for {bad} of {k} tiles")
+            out.append(probs)
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
     def trace(self, tile: int) -> None:
