@@ -7,6 +7,7 @@ wraps them is `tileseg.segment.actor.BlockPredictor`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ class TilePredictor:
         self.batch_size = int(batch_size)
         self.num_classes = self.meta.num_classes
         self._run = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+        self.on_batch: Callable[[int], None] | None = None  # told the number of tiles after each model call
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         n = len(tiles)
@@ -54,6 +56,8 @@ class TilePredictor:
                 bad = int((~np.isfinite(probs)).reshape(k, -1).any(axis=1).sum())
                 raise NonFiniteOutputError(f"the model gave non-finite values (NaN or inf) for {bad} of {k} tiles")
             out.append(probs)
+            if self.on_batch is not None:
+                self.on_batch(k)
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
     def trace(self, tile: int) -> None:

@@ -1,4 +1,5 @@
-"""Planning on the driver, from headers only: the store, then per image its group and its blocks.
+"""Planning on the driver, from headers only: survey the images (no side effects), then the store, then
+per image its group and its blocks.
 
 A bad file fails alone, here, before any work is queued. The plan's work items carry a block's
 geometry only; the tiling they were planned with travels separately, once (`Resolved.tiling`).
@@ -76,40 +77,56 @@ def range_warning(dtype: str, meta: ModelMeta) -> str | None:
     return f"8-bit pixels, but the model was trained on wider data (band means {norm}); predictions may mean little"
 
 
-def prepare_store(job: Resolved) -> None:
-    """Replace the store when asked (`--overwrite`), then create it (or open it to resume)."""
-    o = job.options
-    try:
-        if o.overwrite and not o.resume and contract.is_tileseg_store(job.out):
-            contract.clear_store(job.out)  # checked in resolve(): a tileseg store holding no input; our lock stays
-        store.create_store(job.out, {"settings": job.settings(), "model": job.model_identity()})
-    except OSError as exc:  # a file in the way, no permission
-        raise StoreError(f"cannot write {job.out}: {exc}") from None
+@dataclass(frozen=True)
+class Surveyed:
+    """One discovered image as read from its header, before the store is touched: its blocks, or its error."""
+
+    path: str
+    info: raster.ImageInfo | None = None
+    name: str | None = None
+    blocks: tuple[Block, ...] = ()
+    warning: str | None = None
+    error: str | None = None
 
 
-def plan_job(job: Resolved) -> JobPlan:
-    """Discover the inputs and plan every image (creating its group); with --fail-fast stop at the first failure."""
+@dataclass(frozen=True)
+class Survey:
+    """Every discovered image's header checks (in input order) and the inputs skipped as not images."""
+
+    images: tuple[Surveyed, ...]
+    skipped: tuple[tuple[str, str], ...]
+
+    def why_nothing(self) -> str | None:
+        """Why no image can be segmented (None when at least one can)."""
+        if any(s.error is None for s in self.images):
+            return None
+        if self.images:
+            return f"no input could be planned ({self.images[0].error})"
+        reasons = "; ".join(f"{p}: {why}" for p, why in self.skipped[:3])
+        return "no image found among the inputs" + (f" ({reasons})" if reasons else "")
+
+
+def survey(job: Resolved) -> Survey:
+    """Discover the inputs and check every image from its header (group name, blocks); no side effects.
+
+    With --fail-fast the survey stops at the first image that fails.
+    """
     found, skipped = raster.discover(list(job.options.inputs))
     paths = [absolute(p) for p in found]  # workers (and the store's records) need paths that work anywhere
     infos = raster.open_infos(paths)  # headers in a thread pool: they wait on storage, not on the CPU
     # Names follow the inputs' order, in one linear pass, so a resumed run maps paths to the same groups.
     opened = [p for p, i in zip(paths, infos, strict=True) if isinstance(i, raster.ImageInfo)]
     names = dict(zip(opened, store.group_names(opened), strict=True))
-    images: list[ImagePlan] = []
-    items: list[WorkItem] = []
+    images: list[Surveyed] = []
     for path, info in zip(paths, infos, strict=True):
-        plan = plan_image(job, path, info, names.get(path))
-        images.append(plan)
-        if plan.error and job.options.fail_fast:
+        images.append(survey_image(job, path, info, names.get(path)))
+        if images[-1].error and job.options.fail_fast:
             break
-        index = len(images) - 1
-        items.extend(WorkItem(image=index, path=path, group=plan.group, block=b) for b in plan.todo)
-    return JobPlan(tuple(images), tuple(skipped), tuple(items))
+    return Survey(tuple(images), tuple(skipped))
 
 
-def plan_image(job: Resolved, path: str, info: raster.ImageInfo | Exception, name: str | None) -> ImagePlan:
-    """One image's group (created in the store) and its blocks not yet done; any failure becomes its error."""
-    o = job.options
+def survey_image(job: Resolved, path: str, info: raster.ImageInfo | Exception, name: str | None) -> Surveyed:
+    """One image's header checks and blocks; any failure becomes its error."""
     warning = None
     try:
         if isinstance(info, Exception):
@@ -118,9 +135,55 @@ def plan_image(job: Resolved, path: str, info: raster.ImageInfo | Exception, nam
             raise RasterError(f"{path}: complex pixels ({info.dtype}) are not supported; convert to real values")
         raster.check_bands(info, job.bands)
         warning = range_warning(info.dtype, job.meta)
-        if warning and o.progress:
+        if warning and job.options.progress:
             print(f"warning: {path}: {warning}", file=sys.stderr)
-        blocks = job.tiling.plan(info.height, info.width, block=o.block, chunk=o.chunk)
+        blocks = job.tiling.plan(info.height, info.width, block=job.options.block, chunk=job.options.chunk)
+    except (RasterError, ValueError) as exc:
+        return Surveyed(path=path, warning=warning, error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - whatever one image does, the others are still planned
+        return Surveyed(path=path, warning=warning, error=f"{path}: {type(exc).__name__}: {exc}")
+    return Surveyed(path=path, info=info, name=name, blocks=tuple(blocks), warning=warning)
+
+
+def prepare_store(job: Resolved, found: Survey) -> None:
+    """Replace the store when asked (`--overwrite`), then create it (or open it to resume).
+
+    Called once planning has succeeded: an --overwrite with nothing to segment leaves the old store as it was.
+    """
+    o = job.options
+    why = found.why_nothing()
+    if why and o.overwrite and not o.resume:
+        raise StoreError(f"{job.out}: {why}; --overwrite left the store as it was")
+    try:
+        if o.overwrite and not o.resume and contract.is_tileseg_store(job.out):
+            contract.clear_store(job.out)  # checked in resolve(): a tileseg store holding no input; our lock stays
+        store.create_store(job.out, {"settings": job.settings(), "model": job.model_identity()})
+    except OSError as exc:  # a file in the way, no permission
+        raise StoreError(f"cannot write {job.out}: {exc}") from None
+
+
+def plan_job(job: Resolved, found: Survey) -> JobPlan:
+    """Every surveyed image's group (created in the store) and work items; with --fail-fast stop at the
+    first failure."""
+    images: list[ImagePlan] = []
+    items: list[WorkItem] = []
+    for surveyed in found.images:
+        plan = plan_image(job, surveyed)
+        images.append(plan)
+        if plan.error and job.options.fail_fast:
+            break
+        index = len(images) - 1
+        items.extend(WorkItem(image=index, path=plan.path, group=plan.group, block=b) for b in plan.todo)
+    return JobPlan(tuple(images), found.skipped, tuple(items))
+
+
+def plan_image(job: Resolved, surveyed: Surveyed) -> ImagePlan:
+    """One image's group (created in the store) and its blocks not yet done; any failure becomes its error."""
+    o = job.options
+    path, info, name, blocks, warning = surveyed.path, surveyed.info, surveyed.name, surveyed.blocks, surveyed.warning
+    if surveyed.error or info is None:
+        return ImagePlan(path=path, warning=warning, error=surveyed.error or f"{path}: not planned")
+    try:
         store.create_image_group(
             job.out,
             name,
