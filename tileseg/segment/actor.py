@@ -59,10 +59,10 @@ class BlockPredictor:
             self.heartbeat.actor_ready.remote()
 
     def _progress(self, tiles: int) -> None:
-        """Tell the heartbeat about predicted tiles, at most about once a second (fire and forget)."""
+        """Tell the heartbeat about predicted tiles, at most four times a second (fire and forget)."""
         self._unreported += tiles
         now = time.monotonic()
-        if self.heartbeat is not None and now - self._reported_at >= 1.0:
+        if self.heartbeat is not None and now - self._reported_at >= 0.25:
             self.heartbeat.progress.remote(self._unreported)
             self._unreported, self._reported_at = 0, now
 

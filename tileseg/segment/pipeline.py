@@ -213,10 +213,10 @@ class Watchdog:
     thread; a poll that fails counts as no progress.
     """
 
-    def __init__(self, timeout: float, poll: Callable[[], Any] | None = None, every: float = 1.0):
+    def __init__(self, timeout: float, poll: Callable[[], Any] | None = None, every: float | None = None):
         self.timeout = timeout
         self.poll = poll
-        self.every = every
+        self.every = min(1.0, timeout / 4) if every is None else every
         self.started = poll is None  # without a heartbeat, the clock runs from the start
         self.last = time.monotonic()
         self.fired = False
@@ -268,7 +268,7 @@ def keep_logs(session: RaySession, out: str) -> str:
     from pathlib import Path
 
     if not session.embedded or not session.temp_dir:
-        return "see the Ray logs of the cluster's nodes (`ray logs`, or /tmp/ray/session_latest/logs on each node)"
+        return f"see Ray's logs ({_session_logs()} on each node, or `ray logs`)"
     logs = Path(session.temp_dir) / "session_latest" / "logs"
     if is_remote(out):
         target = Path(tempfile.mkdtemp(prefix="tileseg-ray-logs-"))
@@ -280,6 +280,16 @@ def keep_logs(session: RaySession, out: str) -> str:
     except (OSError, shutil.Error) as exc:
         return f"Ray's logs could not be kept ({exc})"
     return f"Ray's logs are kept in {target}"
+
+
+def _session_logs() -> str:
+    """The log directory of the Ray session this process is connected to."""
+    try:
+        from ray._private.worker import _global_node
+
+        return str(_global_node.get_logs_dir_path())
+    except Exception:  # noqa: BLE001 - a Ray without that private API
+        return "/tmp/ray/session_latest/logs"
 
 
 def _print_tail(session: RaySession, lines: int = 15) -> None:
