@@ -114,47 +114,50 @@ def run_stream(job: Resolved, plan: JobPlan, on_item: Callable[[WorkItem], str |
         def poll() -> tuple[int, int]:
             return ray.get(heartbeat.state.remote(), timeout=10)
 
-        with _data_context(budget), Watchdog(o.stall_timeout, poll) as dog:
-            ds = (
-                ray.data.from_items([item.to_row() for item in plan.items], override_num_blocks=len(plan.items))
-                .map(read_stage, fn_kwargs={"bands": list(job.bands)}, num_cpus=0.5, runtime_env=env)
-                .map_batches(
-                    BlockPredictor,
-                    fn_constructor_args=(ray.put(job.model_path.read_bytes()), actor_plan, heartbeat),
-                    batch_size=1,
-                    batch_format="numpy",
-                    compute=ray.data.ActorPoolStrategy(size=n_actors),
-                    num_cpus=cpus,
-                    num_gpus=gpus or None,  # Ray Data restarts dead actors and retries their blocks
-                    runtime_env=env,
+        try:
+            with _data_context(budget), Watchdog(o.stall_timeout, poll) as dog:
+                ds = (
+                    ray.data.from_items([item.to_row() for item in plan.items], override_num_blocks=len(plan.items))
+                    .map(read_stage, fn_kwargs={"bands": list(job.bands)}, num_cpus=0.5, runtime_env=env)
+                    .map_batches(
+                        BlockPredictor,
+                        fn_constructor_args=(ray.put(job.model_path.read_bytes()), actor_plan, heartbeat),
+                        batch_size=1,
+                        batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=n_actors),
+                        num_cpus=cpus,
+                        num_gpus=gpus or None,  # Ray Data restarts dead actors and retries their blocks
+                        runtime_env=env,
+                    )
+                    .map(write_stage, fn_kwargs={"out": job.out}, num_cpus=0.5, runtime_env=env)
                 )
-                .map(write_stage, fn_kwargs={"out": job.out}, num_cpus=0.5, runtime_env=env)
-            )
-            try:
-                for row in ds.iter_rows():
-                    dog.beat()
-                    item = WorkItem.from_row(row)
-                    if item.actor_ready:
-                        ready = min(ready or item.actor_ready, item.actor_ready)
-                    stopped = on_item(item)
-                    if stopped:
-                        break
-                    bar.update(item.tiles_run, item.tiles_skipped)
-            except KeyboardInterrupt as exc:  # the watchdog (through interrupt_main), Ctrl-C or SIGTERM
-                if dog.fired:
-                    logs = keep_logs(session, job.out)
-                    stopped = f"no progress for {o.stall_timeout:g} s: the job was stopped; {logs}"
+                try:
+                    for row in ds.iter_rows():
+                        dog.beat()
+                        item = WorkItem.from_row(row)
+                        if item.actor_ready:
+                            ready = min(ready or item.actor_ready, item.actor_ready)
+                        stopped = on_item(item)
+                        if stopped:
+                            break
+                        bar.update(item.tiles_run, item.tiles_skipped)
+                except KeyboardInterrupt as exc:  # the watchdog (through interrupt_main), Ctrl-C or SIGTERM
+                    if dog.fired:
+                        logs = keep_logs(session, job.out)
+                        stopped = f"no progress for {o.stall_timeout:g} s: the job was stopped; {logs}"
+                        print(f"\nerror: {stopped}", file=sys.stderr)
+                        _print_tail(session)
+                        rearm()
+                    elif isinstance(exc, Interrupted):
+                        interrupted = exc  # Ray is shut down below; the job then records what it left
+                    else:
+                        raise
+                except Exception as exc:  # noqa: BLE001 - Ray Data gave up (a model that cannot load, actors that
+                    # keep dying): blocks already written stay, and every image still gets its status.
+                    stopped = f"the job stopped: {_brief(exc)}"
                     print(f"\nerror: {stopped}", file=sys.stderr)
-                    _print_tail(session)
-                    rearm()
-                elif isinstance(exc, Interrupted):
-                    interrupted = exc  # Ray is shut down below; the job then records what it left
-                else:
-                    raise
-            except Exception as exc:  # noqa: BLE001 - Ray Data gave up (a model that cannot load, actors that
-                # keep dying): blocks already written stay, and every image still gets its status.
-                stopped = f"the job stopped: {_brief(exc)}"
-                print(f"\nerror: {stopped}", file=sys.stderr)
+        finally:
+            ray.kill(heartbeat)  # a caller's Ray (a notebook's) keeps running: leave no actor behind
         bar.show(final=True)
         running = time.time()
     ready = min(max(ready, start), running) if ready else running  # an actor's clock may be another node's
