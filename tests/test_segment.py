@@ -343,13 +343,18 @@ def test_non_finite_pixels_are_nodata_and_non_finite_output_fails_the_image(
     data = np.tile(np.where(base == nodata, base, 100 + np.abs(base)), (8, 8)).astype(np.float32)  # 96 x 104
     data[5, 7], data[40, 50], data[90, 100] = np.inf, -np.inf, np.nan
     image = write_tif(tmp_path / "inf.tif", data, nodata=nodata)
+    (tmp_path / "b").mkdir()
+    same_name = shutil.copy(image, tmp_path / "b" / "inf.tif")  # a colliding name gets a group of its own
     args = dict(inputs=[str(image)], model=tiny_model_path, bands=(1, 1, 1), tile=64, overlap=16, progress=False)
-    summary = segment(out=tmp_path / "inf.zarr", **args)
+    summary = segment(out=tmp_path / "inf.zarr", **{**args, "inputs": [str(image), str(same_name)]})
     assert summary.ok, summary
-    mask = zarr.open_group(str(tmp_path / "inf.zarr"), mode="r")["inf"]["mask"][:]
+    assert [r.group for r in summary.images] == ["inf", "inf-2"]
+    stored = zarr.open_group(str(tmp_path / "inf.zarr"), mode="r")
+    mask = stored["inf"]["mask"][:]
     invalid = (data == nodata) | ~np.isfinite(data)
     assert mask[5, 7] == mask[40, 50] == mask[90, 100] == 255
     np.testing.assert_array_equal(mask == 255, invalid)
+    np.testing.assert_array_equal(stored["inf-2"]["mask"][:], mask)
 
     model, meta = load_model(tiny_model_path)
     model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
