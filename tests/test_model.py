@@ -132,13 +132,19 @@ def test_save_refuses_metadata_that_does_not_fit(tmp_path, tiny_attention):
 
 
 def test_lambda_layer_is_refused(tmp_path):
+    """Found in the artifact's config.json (here inside a nested model), before Keras reads the file."""
+    from tileseg.artifact import refuse_code_layers
+
+    inner_in = keras.Input((None, None, 3))
+    inner = keras.Model(inner_in, keras.layers.Lambda(lambda t: t * 2.0, name="double")(inner_in), name="inner")
     inputs = keras.Input((None, None, 3))
-    x = keras.layers.Lambda(lambda t: t * 2.0)(inputs)
-    outputs = keras.layers.Conv2D(2, 1, activation="softmax")(x)
+    outputs = keras.layers.Conv2D(2, 1, activation="softmax")(inner(inputs))
     model = keras.Model(inputs, outputs)
     path = save_model(model, tmp_path / "evil.keras", default_metadata(model))
-    with pytest.raises(ArtifactError, match="Lambda.*arbitrary code"):
+    with pytest.raises(ArtifactError, match=r"Lambda layer \(double\).*arbitrary code"):
         load_model(path)
+    with pytest.raises(ArtifactError, match="evil.keras: refused"):
+        refuse_code_layers(path)
 
 
 def test_plain_keras_file_is_not_an_artifact(tmp_path, tiny_attention):

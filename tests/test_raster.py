@@ -356,6 +356,24 @@ def test_float_nodata_value_and_nan(tmp_path: Path, data_dir: Path) -> None:
     assert valid_b0[5:10, 5:10].all() and not valid_b0[20, 30]
 
 
+def test_inf_and_nan_pixels_are_invalid(tmp_path: Path, data_dir: Path) -> None:
+    """Non-finite values are nodata like NaN: invalid, and replaced even when invalid pixels are kept."""
+    src = data_dir / "rasterio" / "float_raster_with_nodata.tif"
+    with rasterio.open(src) as ds:
+        data, nodata = ds.read(), ds.nodata
+    data[0, 2, 3], data[0, 4, 5], data[0, 6, 7] = np.inf, -np.inf, np.nan
+    path = write_tif(tmp_path / "inf.tif", data, nodata=nodata)
+    px, valid = read_window(path, Window(0, 0, *data.shape[1:]), fill=-1)
+    expected = (data[0] != nodata) & np.isfinite(data[0])
+    np.testing.assert_array_equal(valid, expected)
+    assert not valid[2, 3] and not valid[4, 5] and not valid[6, 7]
+    assert np.isfinite(px).all() and (px[~valid] == -1).all()
+    kept, _ = read_window(path, Window(0, 0, *data.shape[1:]), fill=-1, fill_invalid=False)
+    assert np.isfinite(kept).all()
+    _, small = raster.read_overview(path)
+    assert not small[2, 3] and not small[4, 5]
+
+
 @pytest.mark.parametrize("internal", [True, False], ids=["internal", "external-msk"])
 def test_mask_band(tmp_path: Path, internal: bool) -> None:
     data = np.full((3, 60, 70), 9, dtype=np.uint8)

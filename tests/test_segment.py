@@ -327,3 +327,110 @@ def test_signed_8bit_and_complex_pixels_are_named(ray_local, data_dir, tiny_mode
     assert set(written["image"]) <= {"shade"} and written.crs is not None
     expected = vectorize_store(tmp_path / "o.zarr", use_ray=False)
     assert len(written) == len(expected) and written.geometry.area.sum() == expected.geometry.area.sum()
+
+
+def test_non_finite_pixels_are_nodata_and_non_finite_output_fails_the_image(
+    ray_local, data_dir, tiny_model_path, tmp_path
+):
+    """inf, -inf and NaN pixels are masked 255 (never fed to the model as they are); a model whose output
+    is NaN fails every image it touches with one line, and none is marked done."""
+    from rasters import write_tif
+
+    from tileseg.model import load_model, save_model
+
+    with __import__("rasterio").open(data_dir / "rasterio" / "float_raster_with_nodata.tif") as ds:
+        base, nodata = ds.read(1), ds.nodata
+    data = np.tile(np.where(base == nodata, base, 100 + np.abs(base)), (8, 8)).astype(np.float32)  # 96 x 104
+    data[5, 7], data[40, 50], data[90, 100] = np.inf, -np.inf, np.nan
+    image = write_tif(tmp_path / "inf.tif", data, nodata=nodata)
+    (tmp_path / "b").mkdir()
+    same_name = shutil.copy(image, tmp_path / "b" / "inf.tif")  # a colliding name gets a group of its own
+    args = dict(inputs=[str(image)], model=tiny_model_path, bands=(1, 1, 1), tile=64, overlap=16, progress=False)
+    summary = segment(out=tmp_path / "inf.zarr", **{**args, "inputs": [str(image), str(same_name)]})
+    assert summary.ok, summary
+    assert [r.group for r in summary.images] == ["inf", "inf-2"]
+    stored = zarr.open_group(str(tmp_path / "inf.zarr"), mode="r")
+    mask = stored["inf"]["mask"][:]
+    invalid = (data == nodata) | ~np.isfinite(data)
+    assert mask[5, 7] == mask[40, 50] == mask[90, 100] == 255
+    np.testing.assert_array_equal(mask == 255, invalid)
+    np.testing.assert_array_equal(stored["inf-2"]["mask"][:], mask)
+
+    model, meta = load_model(tiny_model_path)
+    model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
+    nan_model = save_model(model, tmp_path / "nan.keras", meta)
+    shade = str(data_dir / "rasterio" / "shade.tif")
+    out = tmp_path / "nan.zarr"
+    failed = segment(**{**args, "inputs": [str(image), shade], "model": nan_model}, out=out)
+    assert not failed.ok and failed.status == "failed"
+    for report in failed.images:
+        assert report.status == "failed" and "non-finite" in report.error and "\n" not in report.error
+        assert report.path in report.error
+        assert store.done_blocks(str(out), report.group) == set()
+        assert zarr.open_group(str(out), mode="r")[report.group].attrs.get("complete") is not True
+
+
+def test_overwrite_clears_the_store_only_once_planning_succeeded(ray_local, data_dir, tiny_model_path, tmp_path):
+    """An --overwrite whose inputs cannot be planned leaves the old store as it was; one that can replaces
+    the store and nothing beside it (the input directory, an unrelated directory)."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(data_dir / "rasterio" / "shade.tif", inputs / "shade.tif")
+    unrelated = tmp_path / "unrelated"
+    unrelated.mkdir()
+    (unrelated / "keep.txt").write_text("mine")
+    out = tmp_path / "out.zarr"
+    args = dict(model=tiny_model_path, bands=(1, 1, 1), progress=False)
+    assert segment(inputs=[str(inputs)], out=out, **args).ok
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    with pytest.raises(StoreError, match="no image found.*--overwrite left the store as it was"):
+        segment(inputs=[str(empty)], out=out, overwrite=True, **args)
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes((data_dir / "rasterio" / "shade.tif").read_bytes()[:5000])
+    with pytest.raises(StoreError, match="no input could be planned.*broken.tif.*left the store as it was"):
+        segment(inputs=[str(broken)], out=out, overwrite=True, **args)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert zarr.open_group(str(out), mode="r")["shade"].attrs["complete"] is True
+
+    other = tmp_path / "other.tif"
+    shutil.copy(data_dir / "rasterio" / "shade.tif", other)
+    assert segment(inputs=[str(other)], out=out, overwrite=True, **args).ok
+    assert store.image_groups(str(out)) == ["other"]  # replaced
+    assert (inputs / "shade.tif").exists() and (unrelated / "keep.txt").read_text() == "mine"
+
+
+def test_resume_with_a_changed_plan_is_refused_naming_the_change(ray_local, data_dir, tiny_model_path, tmp_path):
+    """A changed block, blend, model or source fails the image, naming what changed, and writes nothing."""
+    import os
+
+    from tileseg.model import load_model, save_model
+
+    image = tmp_path / "shade.tif"
+    shutil.copy(data_dir / "rasterio" / "shade.tif", image)
+    out = tmp_path / "out.zarr"
+    args = dict(inputs=[str(image)], out=out, bands=(1, 1, 1), chunk=512, block=512, progress=False)
+    assert segment(model=tiny_model_path, **args).ok
+    flags = store.done_blocks(str(out), "shade")
+
+    model, meta = load_model(tiny_model_path)
+    model.set_weights([w * 0.5 for w in model.get_weights()])
+    other_model = save_model(model, tmp_path / "other.keras", meta)
+    changes = [
+        (dict(block=1024), "block 512 -> 1024"),
+        (dict(blend="hann"), "blend 'gaussian' -> 'hann'"),
+        (dict(model=other_model), "model: sha256 "),
+    ]
+    for change, says in changes:
+        run = segment(**{"model": tiny_model_path, **args, **change, "resume": True})
+        (report,) = run.images
+        assert report.status == "failed" and "planned differently" in report.error and says in report.error, report
+        assert report.blocks_run == 0
+    st = os.stat(image)
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the source changed since the store was made
+    (report,) = segment(model=tiny_model_path, resume=True, **args).images
+    assert report.status == "failed" and "source: mtime_ns" in report.error
+    assert store.done_blocks(str(out), "shade") == flags

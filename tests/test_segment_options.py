@@ -144,3 +144,53 @@ def test_no_module_but_work_py_names_a_row_column():
         if p.search(path.read_text())
     ]
     assert not offenders, offenders
+
+
+def _artifact_with(src: Path, dst: Path, change: dict) -> Path:
+    """A copy of the artifact `src` whose tileseg metadata has `change` applied (None removes a key)."""
+    import json
+    import zipfile
+
+    from tileseg.artifact import METADATA_ENTRY
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for name in zin.namelist():
+            data = zin.read(name)
+            if name == METADATA_ENTRY:
+                meta = {**json.loads(data), **change}
+                data = json.dumps({k: v for k, v in meta.items() if v is not None}).encode()
+            zout.writestr(name, data)
+    return dst
+
+
+BAD_ARTIFACTS = [  # (change to the tiny model's metadata, what the one line says)
+    ({"tile": None}, "lacks tile"),
+    ({"tile": "256"}, "'tile' must be an integer"),
+    ({"mean": [110.0, "NaN", 95.0]}, "'mean' must hold finite numbers"),
+]
+
+
+@pytest.mark.parametrize(("change", "says"), BAD_ARTIFACTS, ids=["missing-key", "wrong-type", "nan-mean"])
+def test_a_bad_artifact_is_one_line_exit_2_and_nothing_written(change, says, tiny_model_path, tmp_path, capsys):
+    bad = _artifact_with(tiny_model_path, tmp_path / "bad.keras", change)
+    out = tmp_path / "out.zarr"
+    assert main(["segment", str(tmp_path / "in.tif"), "--out", str(out), "--model", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bad) in err and says in err, err
+    assert not out.exists()
+
+
+def test_a_lambda_layer_is_refused_before_anything_is_written(tmp_path, capsys):
+    import keras
+
+    from tileseg.model import default_metadata, save_model
+
+    inputs = keras.Input((None, None, 3))
+    outputs = keras.layers.Conv2D(2, 1, activation="softmax")(keras.layers.Lambda(lambda t: t * 2.0)(inputs))
+    model = keras.Model(inputs, outputs)
+    evil = save_model(model, tmp_path / "evil.keras", default_metadata(model))
+    out = tmp_path / "out.zarr"
+    assert main(["segment", str(tmp_path / "in.tif"), "--out", str(out), "--model", str(evil)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "evil.keras: refused to load" in err and "Lambda" in err, err
+    assert not out.exists()

@@ -38,6 +38,7 @@ __all__ = [
     "normalise",
     "normalise_tiles",
     "model_digest",
+    "refuse_code_layers",
     "read_metadata",
     "resolve_model",
 ]
@@ -258,6 +259,45 @@ def read_metadata(path: str | Path) -> ModelMeta:
     except (zipfile.BadZipFile, OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: not a readable .keras artifact ({exc})") from None
     return ModelMeta.from_dict(raw, where=str(path))
+
+
+# Layers whose saved config carries Python code (bytecode or source): never loaded.
+CODE_LAYERS = frozenset({"Lambda"})
+
+
+def _code_layers(node: Any) -> list[str]:
+    """Names of code-carrying layers anywhere in a Keras config (nested models included)."""
+    found = []
+    if isinstance(node, Mapping):
+        if node.get("class_name") in CODE_LAYERS:
+            config = node.get("config")
+            found.append(str(config.get("name", node["class_name"])) if isinstance(config, Mapping) else "?")
+        for value in node.values():
+            found.extend(_code_layers(value))
+    elif isinstance(node, list):
+        for value in node:
+            found.extend(_code_layers(value))
+    return found
+
+
+def refuse_code_layers(path: str | Path) -> None:
+    """Raise ArtifactError if the artifact's Keras config (config.json in the zip) holds a Lambda layer.
+
+    Decided from the config itself, before Keras sees the file and without importing it.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            config = json.loads(zf.read("config.json"))
+    except KeyError:
+        raise ArtifactError(f"{path}: not a readable .keras artifact (no config.json inside)") from None
+    except (zipfile.BadZipFile, OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: not a readable .keras artifact ({exc})") from None
+    names = _code_layers(config)
+    if names:
+        raise ArtifactError(
+            f"{path}: refused to load: the model contains a Lambda layer ({', '.join(names)}) that would execute "
+            "arbitrary code; tileseg loads models in Keras safe mode only"
+        )
 
 
 def model_digest(path: str | Path) -> str:

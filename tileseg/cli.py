@@ -2,7 +2,8 @@
 
 Each job module exposes a `COMMAND` (its options dataclass and run function); the parser is generated
 from those, and `jobs/*.py` call `main` too, so every entry point parses the same options the same way.
-tileseg's own errors (TilesegError) are caught here, once, and printed as one line with exit status 2.
+tileseg's own errors (TilesegError) are caught here, once, and printed as one line with exit status 2; a
+job stopped by a signal (Interrupted) prints its one line and exits 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tileseg.errors import TilesegError
+from tileseg.interrupt import Interrupted
 from tileseg.options import Command, add_options, from_args, option
 from tileseg.uri import redact
 
@@ -110,7 +112,8 @@ def build_parser(prog: str = "tileseg") -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `tileseg COMMAND ...`; tileseg's errors become one line on stderr and exit status 2."""
+    """Run `tileseg COMMAND ...`; tileseg's errors become one line on stderr and exit status 2; a job stopped
+    by SIGINT/SIGTERM says what it left in one line and exits 130/143."""
     args = build_parser().parse_args(argv)
     cmd: Command = args.command
     try:
@@ -118,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TilesegError as exc:
         print(redact(f"error: {exc}"), file=sys.stderr)  # never a credential, whatever the message holds
         return 2
+    except Interrupted as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_status
 
 
 def job_main(name: str, argv: Sequence[str] | None = None) -> int:

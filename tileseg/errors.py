@@ -23,6 +23,10 @@ class RasterError(TilesegError):
     """An input raster that cannot be opened or read; the message names the file."""
 
 
+class UnrecognisedRasterError(RasterError):
+    """GDAL could not open an existing, readable file as a raster (another decoder may still read it)."""
+
+
 class StoreError(TilesegError, ValueError):
     """A Zarr store that cannot be created, resumed or read as a tileseg store."""
 

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from tileseg.artifact import ARCHS, METADATA_ENTRY, ArtifactError, ModelMeta, read_metadata
+from tileseg.artifact import ARCHS, METADATA_ENTRY, ArtifactError, ModelMeta, read_metadata, refuse_code_layers
 from tileseg.jsonio import json_safe
 
 __all__ = [
@@ -215,15 +215,11 @@ def load_model(path: str | Path, *, compile: bool = False) -> tuple[keras.Model,
     """
     path = Path(path)
     metadata = read_metadata(path)
+    refuse_code_layers(path)  # decided from the artifact's config.json, not from Keras' wording
     try:
         model = keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as exc:  # Keras raises ValueError/TypeError with its own wording
         text = str(exc)
-        if "Lambda" in text or "safe_mode" in text or "arbitrary code" in text:
-            raise ArtifactError(
-                f"{path}: refused to load: the model contains a Lambda layer (or other code-carrying "
-                "object) that would execute arbitrary code; tileseg loads models in Keras safe mode only"
-            ) from None
         raise ArtifactError(f"{path}: cannot load model: {text.splitlines()[0] if text else exc!r}") from exc
     validate_metadata(model, metadata, where=str(path))
     return model, metadata

@@ -7,6 +7,7 @@ wraps them is `tileseg.segment.actor.BlockPredictor`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,14 +19,27 @@ from tileseg.resample import ResampledBlock
 from tileseg.stitch import TileCounts, TilingSpec
 from tileseg.tta import entropy, predict_tta, to_uncertainty
 
-__all__ = ["NODATA", "BlockOutput", "TilePredictor", "TilingSpec", "infer_block", "segment_block", "to_mask"]
+__all__ = [
+    "NODATA",
+    "BlockOutput",
+    "NonFiniteOutputError",
+    "TilePredictor",
+    "TilingSpec",
+    "infer_block",
+    "segment_block",
+    "to_mask",
+]
+
+
+class NonFiniteOutputError(ValueError):
+    """The model's output holds NaN or inf: its predictions cannot be trusted (nor stored)."""
 
 
 class TilePredictor:
     """Raw tiles (N, t, t, C) -> probabilities (N, t, t, K), normalised as the artifact says.
 
     Batches are padded to a fixed size so every call runs the same compiled graph: a tile's result
-    does not depend on which other tiles share its batch.
+    does not depend on which other tiles share its batch. Non-finite output raises NonFiniteOutputError.
     """
 
     def __init__(self, model_path: str | Path, *, batch_size: int = 16, threads: int | None = None):
@@ -38,6 +52,7 @@ class TilePredictor:
         self.batch_size = int(batch_size)
         self.num_classes = self.meta.num_classes
         self._run = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+        self.on_batch: Callable[[int], None] | None = None  # told the number of tiles after each model call
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         n = len(tiles)
@@ -48,7 +63,13 @@ class TilePredictor:
             if k < self.batch_size:
                 pad = np.zeros((self.batch_size - k, *chunk.shape[1:]), np.float32)
                 chunk = np.concatenate([chunk, pad])
-            out.append(np.asarray(self._run(chunk))[:k])
+            probs = np.asarray(self._run(chunk))[:k]
+            if not np.isfinite(probs).all():
+                bad = int((~np.isfinite(probs)).reshape(k, -1).any(axis=1).sum())
+                raise NonFiniteOutputError(f"the model gave non-finite values (NaN or inf) for {bad} of {k} tiles")
+            out.append(probs)
+            if self.on_batch is not None:
+                self.on_batch(k)
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
     def trace(self, tile: int) -> None:

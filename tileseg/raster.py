@@ -29,7 +29,7 @@ import rasterio.windows
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning
 
-from tileseg.errors import RasterError
+from tileseg.errors import RasterError, UnrecognisedRasterError
 from tileseg.grid import Window
 from tileseg.uri import gdal_cloud_options, gdal_path, is_remote, is_uri, redact, url_of
 
@@ -498,7 +498,7 @@ def _open(path: str) -> Iterator[rasterio.io.DatasetReader]:
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 ds = rasterio.open(gdal_path(path))
         except Exception as e:  # rasterio raises RasterioIOError, CPLE_* or plain OSError
-            raise RasterError(f"{path}: not a readable raster ({_cause(e)})") from None
+            raise UnrecognisedRasterError(f"{path}: not a readable raster ({_cause(e)})") from None
         try:
             yield ds
         finally:
@@ -545,7 +545,7 @@ def _cached_open(path: str) -> Iterator[rasterio.io.DatasetReader]:
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 ds = rasterio.open(path)
         except Exception as e:
-            raise RasterError(f"{path}: not a readable raster ({_cause(e)})") from None
+            raise UnrecognisedRasterError(f"{path}: not a readable raster ({_cause(e)})") from None
     try:
         yield ds
     except BaseException:
@@ -627,8 +627,9 @@ def _cv2_info(path: str, img: np.ndarray) -> ImageInfo:
 
 
 def _use_opencv(path: str, err: RasterError) -> bool:
-    """OpenCV fallback only for existing PNG/JPEG files GDAL refused (not for missing/empty files)."""
-    return os.path.splitext(path)[1].lower() in _OPENCV_EXTENSIONS and "not a readable raster" in str(err)
+    """OpenCV fallback only for PNG/JPEG files GDAL could not open (not for missing, empty or unreadable
+    files, nor for a failed read of a file GDAL did open): decided by the error's type."""
+    return isinstance(err, UnrecognisedRasterError) and os.path.splitext(path)[1].lower() in _OPENCV_EXTENSIONS
 
 
 def open_info(path: str | os.PathLike[str], *, probe: bool = True) -> ImageInfo:
@@ -722,8 +723,8 @@ def _valid_from(
 ) -> np.ndarray:
     """GDAL validity of a window: a pixel is valid if any selected data band's mask says so.
 
-    read_masks honours nodata values, internal/external (.msk) mask bands and alpha bands; a NaN in
-    any selected band also makes the pixel invalid (a network cannot consume NaN).
+    read_masks honours nodata values, internal/external (.msk) mask bands and alpha bands; a non-finite
+    value (NaN, inf, -inf) in any selected band also makes the pixel invalid (a network cannot consume it).
     """
     mask_idx = [i for i in dict.fromkeys(indexes) if i != alpha]
     if not mask_idx:
@@ -734,7 +735,7 @@ def _valid_from(
     else:
         valid = np.any(ds.read_masks(mask_idx, window=win) != 0, axis=0)
     if np.issubdtype(data.dtype, np.floating):
-        valid &= ~np.isnan(data).any(axis=0)
+        valid &= np.isfinite(data).all(axis=0)
     return valid
 
 
@@ -749,9 +750,9 @@ def read_window(
     """Read any window (it may hang past every edge or be larger than the image) with its validity.
 
     Returns pixels (h, w, C) in the file's native dtype and valid (h, w) bool: False outside the image
-    and where GDAL's mask says nodata (nodata value, mask band, alpha) or any band is NaN. Invalid
-    pixels hold `fill` (set `fill_invalid=False` to keep the stored values inside the image; NaN is
-    always replaced). Bands are 1-based; by default all bands except an alpha band.
+    and where GDAL's mask says nodata (nodata value, mask band, alpha) or any band is not finite (NaN,
+    inf). Invalid pixels hold `fill` (set `fill_invalid=False` to keep the stored values inside the image;
+    non-finite values are always replaced). Bands are 1-based; by default all bands except an alpha band.
     """
     path = os.fspath(path)
     row, col, height, width = (int(v) for v in window)
@@ -784,7 +785,7 @@ def read_window(
     if fill_invalid and not all_valid:
         block = np.where(inner[:, :, None], block, fv)
     elif np.issubdtype(dtype, np.floating) and not all_valid:
-        block = np.where(np.isnan(block), fv, block)
+        block = np.where(np.isfinite(block), block, fv)
     out[r0 - row : r1 - row, c0 - col : c1 - col] = block
     valid[r0 - row : r1 - row, c0 - col : c1 - col] = inner
     return out, valid
@@ -857,7 +858,7 @@ def read_overview(
         return small[:, :, [b - 1 for b in sel]], valid
     valid = np.any(masks != 0, axis=0)
     if np.issubdtype(data.dtype, np.floating):
-        valid &= ~np.isnan(data).any(axis=0)
+        valid &= np.isfinite(data).all(axis=0)
     return data.transpose(1, 2, 0), valid
 
 

@@ -11,6 +11,8 @@ import secrets
 import shutil
 import tempfile
 
+from tileseg.errors import TilesegError
+
 # The variables an embedded session sets (or removes) for as long as it runs, whatever the caller's
 # environment says, and restores on exit:
 # - RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (the session's own token); RAY_AUTH_TOKEN_PATH removed;
@@ -25,6 +27,10 @@ _SESSION_VARS = (
     "RAY_TMPDIR",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
 )
+
+
+class RayStartError(TilesegError):
+    """An embedded Ray that could not start (the CLI prints it as one line)."""
 
 
 def refresh_ray_auth() -> None:
@@ -128,9 +134,12 @@ class RaySession:
                     logging_level="WARNING",
                     configure_logging=True,
                 )
-        except BaseException:
+        except BaseException as exc:
             _restore(saved)
             self._stop_embedded()
+            if isinstance(exc, Exception):  # Ray's own start-up failures (an overloaded machine): one line
+                lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+                raise RayStartError(f"could not start an embedded Ray: {lines[-1] if lines else exc!r}") from exc
             raise
         _restore(saved)
         self.started = True

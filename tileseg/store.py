@@ -289,13 +289,14 @@ def _reusable(
     (an overwrite, or a creation that was interrupted before its layout was written)."""
     old = root[name]
     old_layout = old.attrs.get("layout") if isinstance(old, zarr.Group) else None
+    old_plan = old.attrs.get("plan") if isinstance(old, zarr.Group) else None
+    # The plan first: it names what the user changed (--block), where the layout only shows its effect.
+    if not overwrite and plan is not None and old_plan is not None and old_plan != json_safe(dict(plan)):
+        raise StoreError(
+            f"{name}: cannot resume: this image was planned differently before "
+            f"({plan_difference(old_plan, json_safe(dict(plan)))}); use a new store or --overwrite"
+        )
     if old_layout == layout and not overwrite:
-        old_plan = old.attrs.get("plan")
-        if plan is not None and old_plan is not None and old_plan != json_safe(dict(plan)):
-            raise StoreError(
-                f"{name}: cannot resume: this image was planned differently before "
-                f"({plan_difference(old_plan, json_safe(dict(plan)))}); use a new store or --overwrite"
-            )
         return True
     if old_layout is not None and not overwrite:
         raise StoreError(

@@ -24,12 +24,13 @@ from dataclasses import asdict
 from typing import Any
 
 from tileseg import contract, store
+from tileseg.interrupt import Interrupted, hold, interruptible, rearm
 from tileseg.jsonio import json_safe
 from tileseg.options import Command
 from tileseg.ray_session import RaySession
 from tileseg.segment.options import DESCRIPTION, Resolved, SegmentOptions, check_nodes, resolve
 from tileseg.segment.pipeline import alive_nodes, job_session, pool_size, run_stream
-from tileseg.segment.plan import JobPlan, plan_job, prepare_store, range_warning
+from tileseg.segment.plan import JobPlan, plan_job, prepare_store, range_warning, survey
 from tileseg.segment.report import ImageReport, Phases, Summary, print_summary
 from tileseg.segment.stages import read_block, read_stage, write_block, write_stage
 from tileseg.segment.work import WorkItem
@@ -58,7 +59,9 @@ __all__ = [
 def segment(options: SegmentOptions | None = None, /, **kwargs: Any) -> Summary:
     """Segment the inputs into one Zarr store; return the Summary (also written as summary.json).
 
-    `segment(SegmentOptions(inputs=..., out=...))`, or the same fields as keywords.
+    `segment(SegmentOptions(inputs=..., out=...))`, or the same fields as keywords. Ctrl-C or SIGTERM stops
+    the job cleanly (Ray shut down, the lock released, summary.json says "interrupted") and then raises
+    `Interrupted` (a KeyboardInterrupt; its `summary` holds the Summary when one was written).
     """
     if options is None:
         options = SegmentOptions(**kwargs)
@@ -71,8 +74,9 @@ def segment(options: SegmentOptions | None = None, /, **kwargs: Any) -> Summary:
     # embedded Ray (one node) starts later, once the plan has work for it.
     joins = bool(session.address) or _ray_running()
     t_ray = time.monotonic()
-    with session if joins else contextlib.nullcontext():
+    with interruptible(), session if joins else contextlib.nullcontext():
         if joins:
+            rearm()  # ray.init put in its own SIGTERM handler
             check_nodes(job.out, alive_nodes(), options.shared_fs)
         ray_s = time.monotonic() - t_ray if joins else 0.0
         with contract.StoreLock(job.out):  # one writer at a time, taken before anything is replaced
@@ -86,25 +90,48 @@ def _ray_running() -> bool:
 
 
 def _segment(job: Resolved, t0: float, session: RaySession, ray_s: float) -> Summary:
-    """Plan, stream and finish a resolved job while holding the store's lock (`ray_s`: Ray's start-up)."""
+    """Survey, plan, stream and finish a resolved job while holding the store's lock (`ray_s`: Ray's start-up)."""
     options = job.options
-    prepare_store(job)
-    plan = plan_job(job)
-    reports = [ImageReport.planned(p) for p in plan.images]
-    plan_s = time.monotonic() - t0 - ray_s
-    stopped, phases = None, Phases(plan=plan_s, startup=ray_s)
-    if plan.items and not (options.fail_fast and any(r.status == "failed" for r in reports)):
-        stopped, phases = _run(job, plan, reports, plan_s, session, ray_s)
+    reports: list[ImageReport] = []
+    skipped: list[ImageReport] = []
+    stopped, phases, interrupted, prepared = None, Phases(startup=ray_s), None, False
+    try:
+        found = survey(job)  # every header read and checked: nothing touched yet
+        hold()  # clearing and creating the store is not cut short by a signal
+        prepare_store(job, found)  # only now is the store of an --overwrite cleared
+        prepared = True
+        rearm()
+        plan = plan_job(job, found)
+        reports = [ImageReport.planned(p) for p in plan.images]
+        skipped = [ImageReport(path=p, status="skipped", error=why) for p, why in plan.skipped]
+        plan_s = time.monotonic() - t0 - ray_s
+        phases = Phases(plan=plan_s, startup=ray_s)
+        if plan.items and not (options.fail_fast and any(r.status == "failed" for r in reports)):
+            stopped, phases, interrupted = _run(job, plan, reports, plan_s, session, ray_s)
+    except Interrupted as exc:
+        interrupted = exc
+    hold()  # from here on a signal waits for the summary
+    if interrupted is not None and not prepared:
+        raise interrupted  # stopped before the store was touched: nothing to report in it
     t_finish = time.monotonic()
-    _finish(job, reports, stopped)
+    written, total = _finish(job, reports, stopped, interrupted is not None)
     phases = Phases(phases.plan, phases.startup, phases.run, phases.shutdown + time.monotonic() - t_finish)
-    skipped = [ImageReport(path=p, status="skipped", error=why) for p, why in plan.skipped]
-    summary = Summary.of(job.out, reports, skipped, time.monotonic() - t0, job.settings(), job.model_identity(), phases)
+    message = stopped
+    if interrupted is not None:
+        message = f"interrupted: {written} of {total} blocks written; rerun with --resume"
+    summary = Summary.of(
+        job.out, reports, skipped, time.monotonic() - t0, job.settings(), job.model_identity(), phases,
+        message=message, interrupted=interrupted is not None,
+    )  # fmt: skip
     contract.write_run_file(job.out, contract.SUMMARY_FILE, json.dumps(json_safe(summary.to_dict()), indent=2))
     if options.progress:
         print_summary(summary)
+    if interrupted is not None:
+        interrupted.message, interrupted.summary = summary.message, summary
+        raise interrupted  # Ray is down; the lock is released on the way out
+    rearm()
     done = [r.group for r in reports if r.status == "done"]
-    if options.vectorize and done:
+    if options.vectorize and done and interrupted is None:
         from tileseg.vectorize import vectorize_store, write_vectors
 
         gdf = vectorize_store(job.out, groups=done, use_ray=False)
@@ -116,8 +143,9 @@ def _segment(job: Resolved, t0: float, session: RaySession, ray_s: float) -> Sum
 
 def _run(
     job: Resolved, plan: JobPlan, reports: list[ImageReport], plan_s: float, session: RaySession, ray_s: float
-) -> tuple[str | None, Phases]:
-    """Stream the plan on Ray, folding finished blocks into `reports`; (why it stopped early, phases)."""
+) -> tuple[str | None, Phases, Interrupted | None]:
+    """Stream the plan on Ray, folding finished blocks into `reports`; (why it stopped early, phases, the
+    signal that stopped it)."""
 
     def fold(item: WorkItem) -> str | None:
         reports[item.image].add(item)
@@ -126,17 +154,24 @@ def _run(
         return None
 
     s = run_stream(job, plan, fold, session)
-    return s.stopped, Phases(plan_s, ray_s + s.ready - s.start, s.running - s.ready, s.end - s.running)
+    phases = Phases(plan_s, ray_s + s.ready - s.start, s.running - s.ready, s.end - s.running)
+    return s.stopped, phases, s.interrupted
 
 
-def _finish(job: Resolved, reports: list[ImageReport], stopped: str | None) -> None:
-    """Each planned image's final status; a complete one is marked finished in the store."""
+def _finish(job: Resolved, reports: list[ImageReport], stopped: str | None, interrupted: bool) -> tuple[int, int]:
+    """Each planned image's final status (a complete one is marked finished in the store); (blocks written,
+    blocks planned) over the planned images."""
+    written = total = 0
     for report in reports:
         if report.status == "failed" or report.group is None:
             continue
-        missing = report.blocks - len(store.done_blocks(job.out, report.group))
+        done = len(store.done_blocks(job.out, report.group))
+        written, total = written + done, total + report.blocks
+        missing = report.blocks - done
         if report.errors:
             report.status, report.error = "failed", report.errors[0]
+        elif missing and interrupted:
+            report.status, report.error = "interrupted", f"{missing} of {report.blocks} blocks not written"
         elif missing:
             report.status, report.error = "failed", stopped or f"{missing} blocks not written"
         else:
@@ -144,10 +179,12 @@ def _finish(job: Resolved, reports: list[ImageReport], stopped: str | None) -> N
             if job.options.uncertainty:
                 report.uncertain_share = store.uncertain_share(job.out, report.group)
             store.finish_image(job.out, report.group, asdict(report.result()))
+    return written, total
 
 
 def run(options: SegmentOptions) -> int:
-    """The CLI's entry: 0 when every image was segmented, 1 otherwise (errors raise TilesegError)."""
+    """The CLI's entry: 0 when every image was segmented, 1 otherwise (errors raise TilesegError; a signal
+    raises Interrupted, which the CLI turns into exit status 128 + the signal's number)."""
     return 0 if segment(options).ok else 1
 
 

@@ -43,9 +43,12 @@ class ActorPlan:
 class BlockPredictor:
     """Ray Data actor (`map_batches`): one numpy batch of work items in, the same items with results out."""
 
-    def __init__(self, model_bytes: Any, plan: ActorPlan):
+    def __init__(self, model_bytes: Any, plan: ActorPlan, heartbeat: Any = None):
         import ray
 
+        self.heartbeat = heartbeat  # the driver's Heartbeat actor (None outside a job): told of progress
+        self._unreported = 0
+        self._reported_at = 0.0
         if isinstance(model_bytes, ray.ObjectRef):
             model_bytes = ray.get(model_bytes)
         self.plan = plan
@@ -61,7 +64,18 @@ class BlockPredictor:
         finally:
             os.unlink(path)
         self.predictor.trace(plan.tiling.tile)  # the graph is ready before the first block arrives
+        self.predictor.on_batch = self._progress
         self.ready = time.time()
+        if self.heartbeat is not None:
+            self.heartbeat.actor_ready.remote()
+
+    def _progress(self, tiles: int) -> None:
+        """Tell the heartbeat about predicted tiles, at most four times a second (fire and forget)."""
+        self._unreported += tiles
+        now = time.monotonic()
+        if self.heartbeat is not None and now - self._reported_at >= 0.25:
+            self.heartbeat.progress.remote(self._unreported)
+            self._unreported, self._reported_at = 0, now
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return batch_of_items([self.predict(item) for item in items_of_batch(batch)])

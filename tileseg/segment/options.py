@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tileseg import contract
-from tileseg.artifact import ModelMeta, model_digest, read_metadata, resolve_model
+from tileseg.artifact import ModelMeta, model_digest, read_metadata, refuse_code_layers, resolve_model
 from tileseg.blend import BLENDS
 from tileseg.errors import RasterError, StoreExistsError
 from tileseg.grid import DEFAULT_BLOCK, DEFAULT_CHUNK, Block
@@ -284,6 +284,7 @@ def resolve(o: SegmentOptions) -> Resolved:
         "--resample",
         f"auto needs the model's training GSD, and {model_path.name} does not record one: give a factor",
     )
+    refuse_code_layers(model_path)  # the model is checked before anything is touched
     tile = meta.tile if o.tile is None else o.tile
     step = 2 ** (meta.depth or DEFAULT_DEPTH)
     check(tile > 0 and tile % step == 0, "--tile", f"must be a positive multiple of {step} for this model, got {tile}")

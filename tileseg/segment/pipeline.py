@@ -2,7 +2,9 @@
 
 read (CPU tasks) -> predict (the actor pool, GPUs when present) -> write (CPU tasks), with reading at
 most about two blocks per actor ahead of the model. The driver folds each finished item into the
-image reports as it arrives and keeps one live progress line.
+image reports as it arrives and keeps one live progress line. A watchdog stops a job that makes no progress
+(blocks back, or tiles predicted, reported by the actors through a small Heartbeat actor); Ctrl-C and
+SIGTERM stop the stream and shut Ray down (tileseg.interrupt).
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
+from tileseg.contract import RUN_GROUP
+from tileseg.interrupt import Interrupted, rearm
 from tileseg.ray_session import RaySession
 from tileseg.segment.actor import ActorPlan, BlockPredictor
 from tileseg.segment.options import Resolved
 from tileseg.segment.plan import JobPlan
 from tileseg.segment.stages import read_stage, write_stage
 from tileseg.segment.work import WorkItem
-from tileseg.uri import cloud_env
+from tileseg.uri import cloud_env, is_remote
 
 # One environment for every stage's workers: quiet TF, and a bounded GDAL block cache (GDAL's default,
 # 5% of RAM per process, would let each reader grow by gigabytes on big machines).
@@ -52,6 +57,29 @@ class StreamResult:
     ready: float  # the first actor had its model loaded (= `running` when no item came back)
     running: float  # the last item came back (or the stream stopped)
     end: float  # Ray is shut down
+    interrupted: Interrupted | None = None  # the signal (Ctrl-C, SIGTERM) that stopped the stream
+
+
+class Heartbeat:
+    """A tiny Ray actor the model actors report to (an actor ready, tiles predicted); the watchdog polls it.
+
+    Progress inside a block counts, so a block that takes longer than --stall-timeout but keeps predicting
+    tiles is not taken for a stall.
+    """
+
+    def __init__(self) -> None:
+        self.ready = 0
+        self.tiles = 0
+
+    def actor_ready(self) -> None:
+        self.ready += 1
+
+    def progress(self, tiles: int) -> None:
+        self.tiles += int(tiles)
+
+    def state(self) -> tuple[int, int]:
+        """(actors ready so far, tiles predicted so far)."""
+        return self.ready, self.tiles
 
 
 def pool_size(
@@ -88,8 +116,9 @@ def run_stream(
     o = job.options
     start = time.time()
     ready = running = 0.0
-    stopped = None
+    stopped = interrupted = None
     with session:
+        rearm()  # ray.init put in its own SIGTERM handler
         n_actors, gpus, cpus, threads = pool_size(o.actors, o.gpus_per_actor, ray.cluster_resources())
         # Streaming, not flooding: about two blocks per actor in flight (read, queued or being written), so
         # memory stays a few blocks deep however large the input (Ray Data would otherwise read far ahead).
@@ -98,46 +127,60 @@ def run_stream(
             job.tiling, o.probabilities, threads, str(job.model_path), tta=o.tta, uncertainty=o.uncertainty
         )
         bar = Progress(len(plan.items), plan.tiles, enabled=o.progress)
-        with _data_context(budget), Watchdog(o.stall_timeout) as dog:
-            env = session.runtime_env  # None on an embedded Ray: its workers already have worker_env
-            ds = (
-                ray.data.from_items([item.to_row() for item in plan.items], override_num_blocks=len(plan.items))
-                .map(read_stage, fn_kwargs={"bands": list(job.bands)}, num_cpus=0.5, runtime_env=env)
-                .map_batches(
-                    BlockPredictor,
-                    fn_constructor_args=(ray.put(job.model_path.read_bytes()), actor_plan),
-                    batch_size=1,
-                    batch_format="numpy",
-                    compute=ray.data.ActorPoolStrategy(size=n_actors),
-                    num_cpus=cpus,
-                    num_gpus=gpus or None,  # Ray Data restarts dead actors and retries their blocks
-                    runtime_env=env,
+        env = session.runtime_env  # None on an embedded Ray: its workers already have worker_env
+        heartbeat = ray.remote(num_cpus=0)(Heartbeat).options(runtime_env=env).remote()
+
+        def poll() -> tuple[int, int]:
+            return ray.get(heartbeat.state.remote(), timeout=10)
+
+        try:
+            with _data_context(budget), Watchdog(o.stall_timeout, poll) as dog:
+                ds = (
+                    ray.data.from_items([item.to_row() for item in plan.items], override_num_blocks=len(plan.items))
+                    .map(read_stage, fn_kwargs={"bands": list(job.bands)}, num_cpus=0.5, runtime_env=env)
+                    .map_batches(
+                        BlockPredictor,
+                        fn_constructor_args=(ray.put(job.model_path.read_bytes()), actor_plan, heartbeat),
+                        batch_size=1,
+                        batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=n_actors),
+                        num_cpus=cpus,
+                        num_gpus=gpus or None,  # Ray Data restarts dead actors and retries their blocks
+                        runtime_env=env,
+                    )
+                    .map(write_stage, fn_kwargs={"out": job.out}, num_cpus=0.5, runtime_env=env)
                 )
-                .map(write_stage, fn_kwargs={"out": job.out}, num_cpus=0.5, runtime_env=env)
-            )
-            try:
-                for row in ds.iter_rows():
-                    dog.beat()
-                    item = WorkItem.from_row(row)
-                    if item.actor_ready:
-                        ready = min(ready or item.actor_ready, item.actor_ready)
-                    stopped = on_item(item)
-                    if stopped:
-                        break
-                    bar.update(item.tiles_run, item.tiles_skipped)
-            except KeyboardInterrupt:
-                if not dog.fired:
-                    raise
-                stopped = f"no block finished for {o.stall_timeout:.0f} s: the job was stopped (see Ray logs)"
-                print(f"\nerror: {stopped}", file=sys.stderr)
-            except Exception as exc:  # noqa: BLE001 - Ray Data gave up (a model that cannot load, actors that
-                # keep dying): blocks already written stay, and every image still gets its status.
-                stopped = f"the job stopped: {_brief(exc)}"
-                print(f"\nerror: {stopped}", file=sys.stderr)
+                try:
+                    for row in ds.iter_rows():
+                        dog.beat()
+                        item = WorkItem.from_row(row)
+                        if item.actor_ready:
+                            ready = min(ready or item.actor_ready, item.actor_ready)
+                        stopped = on_item(item)
+                        if stopped:
+                            break
+                        bar.update(item.tiles_run, item.tiles_skipped)
+                except KeyboardInterrupt as exc:  # the watchdog (through interrupt_main), Ctrl-C or SIGTERM
+                    if dog.fired:
+                        logs = keep_logs(session, job.out)
+                        stopped = f"no progress for {o.stall_timeout:g} s: the job was stopped; {logs}"
+                        print(f"\nerror: {stopped}", file=sys.stderr)
+                        _print_tail(session)
+                        rearm()
+                    elif isinstance(exc, Interrupted):
+                        interrupted = exc  # Ray is shut down below; the job then records what it left
+                    else:
+                        raise
+                except Exception as exc:  # noqa: BLE001 - Ray Data gave up (a model that cannot load, actors that
+                    # keep dying): blocks already written stay, and every image still gets its status.
+                    stopped = f"the job stopped: {_brief(exc)}"
+                    print(f"\nerror: {stopped}", file=sys.stderr)
+        finally:
+            ray.kill(heartbeat)  # a caller's Ray (a notebook's) keeps running: leave no actor behind
         bar.show(final=True)
         running = time.time()
     ready = min(max(ready, start), running) if ready else running  # an actor's clock may be another node's
-    return StreamResult(stopped, start, ready, running, time.time())
+    return StreamResult(stopped, start, ready, running, time.time(), interrupted)
 
 
 class Progress:
@@ -184,12 +227,22 @@ class Progress:
 
 
 class Watchdog:
-    """Interrupt the driver when no block has finished for `timeout` seconds: fail loudly, never hang."""
+    """Interrupt the driver when the job makes no progress for `timeout` seconds: fail loudly, never hang.
 
-    def __init__(self, timeout: float):
+    The clock starts when the first actor is ready (loading Ray and the model is not a stall). Progress is a
+    block coming back (`beat`) or a change in what `poll` returns (the Heartbeat's actors ready and tiles
+    predicted), so a long block that keeps predicting is never stopped. `poll` runs on the watchdog's
+    thread; a poll that fails counts as no progress.
+    """
+
+    def __init__(self, timeout: float, poll: Callable[[], Any] | None = None, every: float | None = None):
         self.timeout = timeout
+        self.poll = poll
+        self.every = min(1.0, timeout / 4) if every is None else every
+        self.started = poll is None  # without a heartbeat, the clock runs from the start
         self.last = time.monotonic()
         self.fired = False
+        self._seen: Any = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -202,16 +255,78 @@ class Watchdog:
         self._stop.set()
 
     def beat(self) -> None:
+        self.started = True
         self.last = time.monotonic()
+
+    def check(self) -> bool:
+        """Poll once; True when the timeout has passed without progress."""
+        if self.poll is not None:
+            try:
+                seen = self.poll()
+            except Exception:  # noqa: BLE001 - an unanswered poll is no progress
+                seen = self._seen
+            if seen != self._seen:
+                self._seen = seen
+                if not self.started and seen and seen[0]:  # (actors ready, tiles): the first actor is ready
+                    self.started = True
+                self.last = time.monotonic()
+        return self.started and time.monotonic() - self.last > self.timeout
 
     def _watch(self) -> None:
         import _thread
 
-        while not self._stop.wait(1.0):
-            if time.monotonic() - self.last > self.timeout:
+        while not self._stop.wait(self.every):
+            if self.check():
                 self.fired = True
                 _thread.interrupt_main()
                 return
+
+
+def keep_logs(session: RaySession, out: str) -> str:
+    """Where Ray's logs can be read after the job: an embedded Ray's (removed with its temp dir at exit)
+    are copied out first, beside the store's run files (or to a temp dir for a store in object storage)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    if not session.embedded or not session.temp_dir:
+        return f"see Ray's logs ({_session_logs()} on each node, or `ray logs`)"
+    logs = Path(session.temp_dir) / "session_latest" / "logs"
+    if is_remote(out):
+        target = Path(tempfile.mkdtemp(prefix="tileseg-ray-logs-"))
+    else:
+        target = Path(out) / RUN_GROUP / "ray-logs"
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        shutil.copytree(logs, target, dirs_exist_ok=True, ignore_dangling_symlinks=True)
+    except (OSError, shutil.Error) as exc:
+        return f"Ray's logs could not be kept ({exc})"
+    return f"Ray's logs are kept in {target}"
+
+
+def _session_logs() -> str:
+    """The log directory of the Ray session this process is connected to."""
+    try:
+        from ray._private.worker import _global_node
+
+        return str(_global_node.get_logs_dir_path())
+    except Exception:  # noqa: BLE001 - a Ray without that private API
+        return "/tmp/ray/session_latest/logs"
+
+
+def _print_tail(session: RaySession, lines: int = 15) -> None:
+    """The last lines of the most recently written worker log of an embedded Ray, on stderr."""
+    from pathlib import Path
+
+    if not session.embedded or not session.temp_dir:
+        return
+    logs = sorted(
+        (Path(session.temp_dir) / "session_latest" / "logs").glob("worker-*"), key=lambda p: p.stat().st_mtime
+    )
+    logs = [p for p in logs if p.stat().st_size]
+    if logs:
+        tail = logs[-1].read_text(errors="replace").splitlines()[-lines:]
+        print(f"last lines of {logs[-1].name}:", *(f"  {line}" for line in tail), sep="\n", file=sys.stderr)
 
 
 @contextmanager

@@ -1,4 +1,5 @@
-"""Planning on the driver, from headers only: the store, then per image its group and its blocks.
+"""Planning on the driver, from headers only: survey the images (no side effects), then the store, then
+per image its group and its blocks.
 
 A bad file fails alone, here, before any work is queued. The plan's work items carry a block's
 geometry only; the tiling they were planned with travels separately, once (`Resolved.tiling`).
@@ -79,23 +80,43 @@ def range_warning(dtype: str, meta: ModelMeta) -> str | None:
     return f"8-bit pixels, but the model was trained on wider data (band means {norm}); predictions may mean little"
 
 
-def prepare_store(job: Resolved) -> None:
-    """Replace the store when asked (`--overwrite`), then create it (or open it to resume)."""
-    o = job.options
-    try:
-        if o.overwrite and not o.resume and contract.is_tileseg_store(job.out):
-            contract.clear_store(job.out)  # checked in resolve(): a tileseg store holding no input; our lock stays
-        attrs = {"settings": job.settings(), "model": job.model_identity()}
-        store.create_store(job.out, attrs, zarr_format=None if o.resume else o.zarr_format)
-    except OSError as exc:  # a file in the way, no permission
-        raise StoreError(f"cannot write {redact(job.out)}: {redact(str(exc))}") from None
+@dataclass(frozen=True)
+class Surveyed:
+    """One discovered image as read from its header, before the store is touched: its blocks, or its error."""
+
+    path: str
+    info: raster.ImageInfo | None = None
+    name: str | None = None
+    blocks: tuple[Block, ...] = ()
+    scale: float = 1.0  # image pixels per model pixel (`--resample`)
+    stac: dict | None = None  # the STAC item it came from (item id, datetime, asset href, self link)
+    warning: str | None = None
+    error: str | None = None
 
 
-def plan_job(job: Resolved) -> JobPlan:
-    """Discover the inputs and plan every image (creating its group); with --fail-fast stop at the first failure.
+@dataclass(frozen=True)
+class Survey:
+    """Every discovered image's header checks (in input order) and the inputs skipped as not images."""
+
+    images: tuple[Surveyed, ...]
+    skipped: tuple[tuple[str, str], ...]
+
+    def why_nothing(self) -> str | None:
+        """Why no image can be segmented (None when at least one can)."""
+        if any(s.error is None for s in self.images):
+            return None
+        if self.images:
+            return f"no input could be planned ({self.images[0].error})"
+        reasons = "; ".join(f"{p}: {why}" for p, why in self.skipped[:3])
+        return "no image found among the inputs" + (f" ({reasons})" if reasons else "")
+
+
+def survey(job: Resolved) -> Survey:
+    """Discover the inputs and check every image from its header (group name, blocks); no side effects.
 
     Rasters (files, directories, globs, URLs, prefixes) come first, in the order given, then the images of
-    STAC documents (one per item, its group named after the item id); an unusable item fails alone.
+    STAC documents (one per item, its group named after the item id); an unusable item fails alone. With
+    --fail-fast the survey stops at the first image that fails.
     """
     rasters, documents = stac.split_inputs(job.options.inputs)
     found, skipped = raster.discover(rasters) if rasters else ([], [])
@@ -105,41 +126,32 @@ def plan_job(job: Resolved) -> JobPlan:
     unusable: list[tuple[str, Exception]] = []
     for doc in documents:
         try:
-            images, errors = stac.expand(absolute(doc), job.options.asset)
+            items, errors = stac.expand(absolute(doc), job.options.asset)
         except RasterError as exc:
             unusable.append((redact(doc), exc))
             continue
         unusable.extend(errors)
-        for image in images:
-            records[len(paths)] = image.record()
-            paths.append(image.href)
-            naming.append(image.item_id.replace("/", "_").replace("\\", "_"))
+        for item in items:
+            records[len(paths)] = item.record()
+            paths.append(item.href)
+            naming.append(item.item_id.replace("/", "_").replace("\\", "_"))
     infos = raster.open_infos(paths)  # headers in a thread pool: they wait on storage, not on the CPU
     # Names follow the inputs' order, in one linear pass, so a resumed run maps paths to the same groups.
     opened = [i for i, info in enumerate(infos) if isinstance(info, raster.ImageInfo)]
     names = dict(zip(opened, store.group_names([naming[i] for i in opened]), strict=True))
-    plans: list[ImagePlan] = []
-    items: list[WorkItem] = []
+    images: list[Surveyed] = []
     for i, (path, info) in enumerate(zip(paths, infos, strict=True)):
-        plan = plan_image(job, path, info, names.get(i), records.get(i))
-        plans.append(plan)
-        if plan.error and job.options.fail_fast:
-            return JobPlan(tuple(plans), tuple(skipped), tuple(items))
-        index = len(plans) - 1
-        items.extend(
-            WorkItem(image=index, path=path, group=plan.group, block=b, scale=plan.scale, image_shape=plan.image_shape)
-            for b in plan.todo
-        )
-    plans.extend(ImagePlan(path=label, error=str(exc)) for label, exc in unusable)
-    return JobPlan(tuple(plans), tuple(skipped), tuple(items))
+        images.append(survey_image(job, path, info, names.get(i), records.get(i)))
+        if images[-1].error and job.options.fail_fast:
+            return Survey(tuple(images), tuple(skipped))
+    images.extend(Surveyed(path=label, error=str(exc)) for label, exc in unusable)
+    return Survey(tuple(images), tuple(skipped))
 
 
-def plan_image(
+def survey_image(
     job: Resolved, path: str, info: raster.ImageInfo | Exception, name: str | None, stac_record: dict | None = None
-) -> ImagePlan:
-    """One image's group (created in the store) and its blocks not yet done; any failure becomes its error.
-
-    `stac_record` (item id, datetime, asset href, self link) is kept in the group's `stac` attribute."""
+) -> Surveyed:
+    """One image's header checks and blocks; any failure becomes its error."""
     o = job.options
     warning = None
     try:
@@ -157,6 +169,61 @@ def plan_image(
         blocks = job.tiling.plan(info.height, info.width, block=o.block, chunk=o.chunk)
         if scale != 1.0:  # the model's grid: each block reads what its resampled tiles need
             blocks = [_on_model_grid(b, info, scale, job) for b in blocks]
+    except (RasterError, ValueError) as exc:
+        return Surveyed(path=path, warning=warning, error=redact(str(exc)))
+    except Exception as exc:  # noqa: BLE001 - whatever one image does, the others are still planned
+        return Surveyed(path=path, warning=warning, error=redact(f"{path}: {type(exc).__name__}: {exc}"))
+    return Surveyed(
+        path=path, info=info, name=name, blocks=tuple(blocks), scale=scale, stac=stac_record, warning=warning
+    )
+
+
+def prepare_store(job: Resolved, found: Survey) -> None:
+    """Replace the store when asked (`--overwrite`), then create it (or open it to resume).
+
+    Called once planning has succeeded: an --overwrite with nothing to segment leaves the old store as it was.
+    """
+    o = job.options
+    why = found.why_nothing()
+    if why and o.overwrite and not o.resume:
+        raise StoreError(f"{redact(job.out)}: {redact(why)}; --overwrite left the store as it was")
+    try:
+        if o.overwrite and not o.resume and contract.is_tileseg_store(job.out):
+            contract.clear_store(job.out)  # checked in resolve(): a tileseg store holding no input; our lock stays
+        attrs = {"settings": job.settings(), "model": job.model_identity()}
+        store.create_store(job.out, attrs, zarr_format=None if o.resume else o.zarr_format)
+    except OSError as exc:  # a file in the way, no permission
+        raise StoreError(f"cannot write {redact(job.out)}: {redact(str(exc))}") from None
+
+
+def plan_job(job: Resolved, found: Survey) -> JobPlan:
+    """Every surveyed image's group (created in the store) and work items; with --fail-fast stop at the
+    first failure."""
+    plans: list[ImagePlan] = []
+    items: list[WorkItem] = []
+    for surveyed in found.images:
+        plan = plan_image(job, surveyed)
+        plans.append(plan)
+        if plan.error and job.options.fail_fast:
+            break
+        index = len(plans) - 1
+        items.extend(
+            WorkItem(
+                image=index, path=plan.path, group=plan.group, block=b, scale=plan.scale, image_shape=plan.image_shape
+            )
+            for b in plan.todo
+        )
+    return JobPlan(tuple(plans), found.skipped, tuple(items))
+
+
+def plan_image(job: Resolved, surveyed: Surveyed) -> ImagePlan:
+    """One image's group (created in the store) and its blocks not yet done; any failure becomes its error."""
+    o = job.options
+    path, info, name, blocks, warning = surveyed.path, surveyed.info, surveyed.name, surveyed.blocks, surveyed.warning
+    if surveyed.error or info is None:
+        return ImagePlan(path=path, warning=warning, error=surveyed.error or f"{path}: not planned")
+    scale = surveyed.scale
+    try:
         recorded = replace(info, path=redact(info.path)) if is_uri(path) else info  # no credential in the store
         store.create_image_group(
             job.out,
@@ -172,12 +239,12 @@ def plan_image(
                 "settings": job.settings(),
                 "model": job.model_identity(),
                 "scale": scale,
-                **({"stac": stac_record} if stac_record else {}),
+                **({"stac": surveyed.stac} if surveyed.stac else {}),
             },
             plan=job.image_plan(recorded, blocks, scale),
         )
     except (RasterError, StoreError, ValueError) as exc:
-        return ImagePlan(path=path, warning=warning, error=str(exc))
+        return ImagePlan(path=path, warning=warning, error=redact(str(exc)))
     except Exception as exc:  # noqa: BLE001 - whatever one image does, the others are still planned
         return ImagePlan(path=path, warning=warning, error=redact(f"{path}: {type(exc).__name__}: {exc}"))
     done = store.done_blocks(job.out, name) if o.resume else set()

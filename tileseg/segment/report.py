@@ -22,7 +22,7 @@ class ImageReport:
 
     path: str
     group: str | None = None
-    status: str = "pending"  # done | failed | skipped | pending
+    status: str = "pending"  # done | failed | interrupted | skipped | pending
     blocks: int = 0
     blocks_run: int = 0
     blocks_resumed: int = 0
@@ -89,6 +89,7 @@ class Totals:
     skipped: int
     tiles_run: int
     tiles_skipped: int
+    interrupted: int = 0
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,11 @@ class Phases:
 
 @dataclass(frozen=True)
 class Summary:
-    """What `segment()` returns and summary.json records."""
+    """What `segment()` returns and summary.json records.
+
+    `status`: done (every image), failed (some image not), interrupted (a signal stopped the run);
+    `message`: why the run stopped early, if it did (for an interrupted run, the line printed on stderr).
+    """
 
     store: str
     ok: bool
@@ -114,10 +119,13 @@ class Summary:
     images: tuple[ImageResult, ...]
     totals: Totals
     phases: Phases
+    status: str = "done"
+    message: str | None = None
 
     @classmethod
     def of(cls, store: str, reports: list[ImageReport], skipped: list[ImageReport], seconds: float,
-           settings: Mapping[str, Any], model: Mapping[str, Any], phases: Phases) -> Summary:  # fmt: skip
+           settings: Mapping[str, Any], model: Mapping[str, Any], phases: Phases, *,
+           message: str | None = None, interrupted: bool = False) -> Summary:  # fmt: skip
         """The summary of the images' reports (discovered images first, then inputs skipped as not images)."""
         totals = Totals(
             images=len(reports),
@@ -126,10 +134,12 @@ class Summary:
             skipped=len(skipped),
             tiles_run=sum(r.tiles_run for r in reports),
             tiles_skipped=sum(r.tiles_skipped for r in reports),
+            interrupted=sum(r.status == "interrupted" for r in reports),
         )
-        ok = bool(reports) and all(r.status == "done" for r in reports)
+        ok = bool(reports) and all(r.status == "done" for r in reports) and not interrupted
+        status = "interrupted" if interrupted else ("done" if ok else "failed")
         images = tuple(r.result() for r in reports + skipped)
-        return cls(store, ok, round(seconds, 3), dict(settings), dict(model), images, totals, phases)
+        return cls(store, ok, round(seconds, 3), dict(settings), dict(model), images, totals, phases, status, message)
 
     def to_dict(self) -> dict[str, Any]:
         """summary.json's content."""
