@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tileseg.artifact import normalise
 from tileseg.grid import Block
-from tileseg.mask import NODATA, to_mask
+from tileseg.mask import NODATA, mask_rows, to_mask
 from tileseg.stitch import TileCounts, TilingSpec
 
 __all__ = ["NODATA", "TilePredictor", "TilingSpec", "segment_block", "to_mask"]
@@ -35,18 +36,37 @@ class TilePredictor:
         self.batch_size = int(batch_size)
         self.num_classes = self.meta.num_classes
         self._run = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+        self._padded: np.ndarray | None = None  # a full batch, for the last partial one of a block
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         n = len(tiles)
         out = []
         for start in range(0, n, self.batch_size):
-            chunk = self.meta.normalise(tiles[start : start + self.batch_size])
-            k = len(chunk)
-            if k < self.batch_size:
-                pad = np.zeros((self.batch_size - k, *chunk.shape[1:]), np.float32)
-                chunk = np.concatenate([chunk, pad])
-            out.append(np.asarray(self._run(chunk))[:k])
-        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+            out.append(self.predict_normalised(self.meta.normalise(tiles[start : start + self.batch_size])))
+        return np.concatenate(out) if len(out) != 1 else out[0]
+
+    def predict_normalised(self, tiles: np.ndarray) -> np.ndarray:
+        """The model on normalised tiles (N <= batch_size, t, t, C): padded to a full batch, (N, t, t, K)."""
+        k = len(tiles)
+        if k > self.batch_size:
+            raise ValueError(f"{k} tiles, more than the batch size {self.batch_size}")
+        if k < self.batch_size:
+            if self._padded is None or self._padded.shape[1:] != tiles.shape[1:]:
+                self._padded = np.zeros((self.batch_size, *tiles.shape[1:]), np.float32)
+            self._padded[:k] = tiles
+            self._padded[k:] = 0
+            tiles = self._padded
+        return np.asarray(self._run(tiles))[:k]
+
+    def normalise_block(self, pixels: np.ndarray, valid: np.ndarray | None) -> np.ndarray | None:
+        """A block's pixels normalised at once, invalid pixels 0 (what `fill` normalises to), or None where
+        the artifact normalises per tile (each tile's own statistics: only `__call__` can do that)."""
+        if self.meta.normalisation == "tile":
+            return None
+        x = normalise(pixels, self.meta.mean, self.meta.std)
+        if valid is not None:
+            x[~valid] = 0
+        return x
 
     def trace(self, tile: int) -> None:
         """Build the graph for full batches of `tile` tiles now, without running it (a quarter second,
@@ -81,14 +101,19 @@ def segment_block(
     if probabilities:
         probability = np.empty((predictor.num_classes, r.height, r.width), dtype=np.float32)
 
-    def sink(first: int, rows: np.ndarray) -> None:
-        mask[first : first + len(rows)] = rows.argmax(axis=-1)
+    def sink(first: int, planes: np.ndarray) -> None:
+        n = planes.shape[1]
+        mask_rows(planes, mask[first : first + n])
         if probability is not None:
-            probability[:, first : first + len(rows)] = np.moveaxis(rows, -1, 0)
+            probability[:, first : first + n] = planes
 
-    _, counts = tiling.predict(
-        pixels, valid, block, predictor, num_classes=predictor.num_classes, fill=predictor.fill, sink=sink
-    )
+    # Normalised once per block where the artifact allows it (bit for bit what each tile would get).
+    normalised = predictor.normalise_block(pixels, valid) if hasattr(predictor, "normalise_block") else None
+    if normalised is None:
+        pixels, model, fill = pixels, predictor, predictor.fill
+    else:
+        pixels, model, fill = normalised, predictor.predict_normalised, None
+    _, counts = tiling.predict(pixels, valid, block, model, num_classes=predictor.num_classes, fill=fill, sink=sink)
     if valid is not None:
         mask[~valid[block.region_in_read]] = NODATA
     return mask, probability, counts
