@@ -8,6 +8,7 @@ wraps them is `tileseg.segment.actor.BlockPredictor`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from tileseg.artifact import normalise
 from tileseg.grid import Block
 from tileseg.mask import NODATA, mask_rows, to_mask
 from tileseg.stitch import TileCounts, TilingSpec
+
+if TYPE_CHECKING:
+    from tileseg.device import DeviceBlocks
 
 __all__ = ["NODATA", "TilePredictor", "TilingSpec", "segment_block", "to_mask"]
 
@@ -57,6 +61,18 @@ class TilePredictor:
             self._padded[k:] = 0
             tiles = self._padded
         return np.asarray(self._run(tiles))[:k]
+
+    def device_blocks(self, tiling: TilingSpec, dtype: str = "float32") -> DeviceBlocks | None:
+        """The device path (`tileseg.device`) for this model and tiling; None where the artifact normalises
+        per tile.  `dtype` "bfloat16" runs the model in mixed precision (on GPUs that have it)."""
+        if self.meta.normalisation == "tile":
+            return None
+        from tileseg.device import DeviceBlocks, mixed_precision_model
+
+        model = self.model if dtype == "float32" else mixed_precision_model(self.model, dtype)
+        return DeviceBlocks(
+            lambda x: model(x, training=False), self.meta.mean, self.meta.std, self.num_classes, tiling, dtype=dtype
+        )
 
     def normalise_block(self, pixels: np.ndarray, valid: np.ndarray | None) -> np.ndarray | None:
         """A block's pixels normalised at once, invalid pixels 0 (what `fill` normalises to), or None where

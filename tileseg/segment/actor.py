@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from tileseg import device
 from tileseg.errors import ArtifactError
 from tileseg.predict import TilePredictor, segment_block
 from tileseg.segment.work import WorkItem, batch_of_items, items_of_batch
@@ -50,6 +51,9 @@ class BlockPredictor:
         finally:
             os.unlink(path)
         self.predictor.trace(plan.tiling.tile)  # the graph is ready before the first block arrives
+        self.device = None  # the whole block in TensorFlow: on GPUs, or where TILESEG_DEVICE_PATH=on
+        if device.wanted():
+            self.device = self.predictor.device_blocks(plan.tiling, device.precision())
         self.ready = time.time()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -62,10 +66,15 @@ class BlockPredictor:
         if item.error:
             return done
         try:
-            mask, prob, counts = segment_block(
-                self.predictor, item.pixels, item.valid, item.block, self.plan.tiling,
-                probabilities=self.plan.probabilities,
-            )  # fmt: skip
+            if self.device is not None:
+                mask, prob, counts = self.device.run(
+                    item.pixels, item.valid, item.block, probabilities=self.plan.probabilities
+                )
+            else:
+                mask, prob, counts = segment_block(
+                    self.predictor, item.pixels, item.valid, item.block, self.plan.tiling,
+                    probabilities=self.plan.probabilities,
+                )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - one bad block must not kill the job: report it
             error = f"{item.path}: prediction failed: {type(exc).__name__}: {exc}"
             return done.but(error=error, predict_s=time.perf_counter() - start)
