@@ -773,14 +773,21 @@ def null_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         inputs=[cfg["image"]], out=out, model=cfg["model"], tile=TILE, overlap=OVERLAP, blend="gaussian",
         batch_size=cfg["batch_size"], actors=1, block=cfg["block"], chunk=cfg["chunk"], progress=False,
     )  # fmt: skip
-    t0 = time.perf_counter()
-    summary = segment(options)
-    wall = time.perf_counter() - t0
-    if not summary.ok:
-        raise RuntimeError(f"segment failed: {summary.images}")
-    shutil.rmtree(out, ignore_errors=True)
-    image_s = float(sum(r.seconds for r in summary.images))
-    tiles = int(summary.totals.tiles_run)
+    job: dict[str, Any] = {"job_wall_s": None, "image_s": None, "tiles_per_s": None, "phases": None}
+    if cfg["job"]:
+        t0 = time.perf_counter()
+        summary = segment(options)
+        wall = time.perf_counter() - t0
+        if not summary.ok:
+            raise RuntimeError(f"segment failed: {summary.images}")
+        shutil.rmtree(out, ignore_errors=True)
+        image_s = float(sum(r.seconds for r in summary.images))
+        job = {
+            "job_wall_s": wall,
+            "image_s": image_s,
+            "tiles_per_s": summary.totals.tiles_run / image_s,
+            "phases": dataclasses.asdict(summary.phases),
+        }
 
     info = raster.open_info(cfg["image"])
     blocks = plan_blocks(info.height, info.width, tile=TILE, overlap=OVERLAP, block=cfg["block"], chunk=cfg["chunk"])
@@ -792,17 +799,20 @@ def null_worker(cfg: dict[str, Any]) -> dict[str, Any]:
 
     # CPU seconds of this process (all its threads): far less sensitive to other load than wall time.
     clock = time.process_time if cfg["cpu_time"] else time.perf_counter
+    tiles = [0]
 
     def one_pass(blocks: list = blocks) -> dict[str, float]:
         raster.clear_cache()
         t = {"read": 0.0, "segment_block": 0.0, "write": 0.0}
+        tiles[0] = 0
         for b in blocks:
             s = clock()
             px, valid = raster.read_window(cfg["image"], b.read, bands=(1, 2, 3))
             t["read"] += clock() - s
             s = clock()
-            mask, prob, _ = segment_block(predictor, px, valid, b, tiling, probabilities=cfg["probabilities"])
+            mask, prob, counts = segment_block(predictor, px, valid, b, tiling, probabilities=cfg["probabilities"])
             t["segment_block"] += clock() - s
+            tiles[0] += counts.run
             s = clock()
             store.write_block(out, "image", b.region, mask, prob, b.index)
             t["write"] += clock() - s
@@ -819,16 +829,14 @@ def null_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     inner = ("normalise", "model", "blend", "mask", "device")
     scale = plain["segment_block"] / prof["segment_block"] if prof["segment_block"] else 0.0
     stages = {"read": plain["read"], **{k: prof[k] * scale for k in inner}, "write": plain["write"]}
+    tiles = tiles[0]
     return {
         "tree": str(Path(tileseg.__file__).resolve().parents[1]),
         "height": info.height,
         "width": info.width,
         "blocks": len(blocks),
         "tiles": tiles,
-        "job_wall_s": wall,
-        "image_s": image_s,
-        "tiles_per_s": tiles / image_s,
-        "phases": dataclasses.asdict(summary.phases),
+        **job,
         "outside_ray_s": sum(plain.values()),
         "outside_ray_tiles_per_s": tiles / sum(plain.values()),
         "stages_ms_per_tile": {k: 1e3 * v / tiles for k, v in stages.items()},
@@ -863,7 +871,7 @@ def null(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     cfg = dict(
         image=image, model=model, out=str(work / "null.zarr"), batch_size=args.batch_size, block=args.block,
         chunk=args.chunk, threads=args.threads or threads, passes=args.passes, probabilities=args.probabilities,
-        cpu_time=not args.wall_time,
+        cpu_time=not args.wall_time, job=not args.no_job,
     )  # fmt: skip
     arms = {"before": args.before, "after": None} if args.before else {"after": None}
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in arms}
@@ -871,12 +879,15 @@ def null(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for name, tree in arms.items():
             print(f"[null round {i + 1}] {name} ({tree or REPO}) ... (load {_load()})", flush=True)
             r = _null_arm(tree, cfg)
-            print(f"  {r['tiles']} tiles, image time {r['image_s']:.2f} s = {r['tiles_per_s']:.0f} tiles/s", flush=True)
+            if r["image_s"] is not None:
+                print(f"  {r['tiles']} tiles, image time {r['image_s']:.2f} s = {r['tiles_per_s']:.0f} tiles/s")
+            print(f"  outside Ray {r['outside_ray_tiles_per_s']:.0f} tiles/s", flush=True)
             runs[name].append(r)
-    best = {k: max(v, key=lambda r: r["tiles_per_s"]) for k, v in runs.items()}
+    best = {k: max(v, key=lambda r: r["tiles_per_s"] or r["outside_ray_tiles_per_s"]) for k, v in runs.items()}
     result: dict[str, Any] = {"shape": [h, w], "best": best, "rounds": runs, "threads": cfg["threads"]}
     if "before" in best:
-        result["speedup"] = best["after"]["tiles_per_s"] / best["before"]["tiles_per_s"]
+        if best["after"]["tiles_per_s"] and best["before"]["tiles_per_s"]:
+            result["speedup"] = best["after"]["tiles_per_s"] / best["before"]["tiles_per_s"]
         result["speedup_outside_ray"] = (
             best["after"]["outside_ray_tiles_per_s"] / best["before"]["outside_ray_tiles_per_s"]
         )
@@ -889,10 +900,10 @@ def print_null(r: dict[str, Any]) -> None:
     print(f"\nnull model (1x1 conv) on a {h}x{w} mosaic, {next(iter(best.values()))['tiles']} tiles, 1 actor")
     print(f"{'arm':<8} {'image s':>8} {'tiles/s':>8} {'job wall s':>10} {'outside Ray tiles/s':>20}")
     for name, b in best.items():
-        print(
-            f"{name:<8} {b['image_s']:>8.2f} {b['tiles_per_s']:>8.0f} {b['job_wall_s']:>10.1f} "
-            f"{b['outside_ray_tiles_per_s']:>20.0f}"
+        job = (
+            f"{b['image_s']:>8.2f} {b['tiles_per_s']:>8.0f} {b['job_wall_s']:>10.1f}" if b["image_s"] else f"{'-':>28}"
         )
+        print(f"{name:<8} {job} {b['outside_ray_tiles_per_s']:>20.0f}")
     stages = list(next(iter(best.values()))["stages_ms_per_tile"])
     print(
         "\nwhere a tile's time goes (ms per tile, outside Ray, CPU s unless --wall-time; stitching split by cProfile)"
@@ -902,8 +913,9 @@ def print_null(r: dict[str, Any]) -> None:
         print(f"{s:<10}" + "".join(f" {b['stages_ms_per_tile'][s]:>8.3f}" for b in best.values()))
     total = {n: sum(b["stages_ms_per_tile"].values()) for n, b in best.items()}
     print(f"{'total':<10}" + "".join(f" {total[n]:>8.3f}" for n in best))
-    if "speedup" in r:
-        print(f"\nafter / before: image-time tiles/s x{r['speedup']:.2f}, outside Ray x{r['speedup_outside_ray']:.2f}")
+    if "speedup_outside_ray" in r:
+        job = f"image-time tiles/s x{r['speedup']:.2f}, " if "speedup" in r else ""
+        print(f"\nafter / before: {job}outside Ray x{r['speedup_outside_ray']:.2f}")
 
 
 def _thin(by_label: list[tuple[float, dict[str, int]]], every: float) -> list[tuple[float, dict[str, int]]]:
@@ -1039,6 +1051,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--null-shape", type=int, nargs=2, default=list(NULL_SHAPE), metavar=("H", "W"))
     parser.add_argument("--passes", type=int, default=1, help="null part: plain passes outside Ray (best)")
     parser.add_argument("--probabilities", action="store_true", help="null part: also keep probabilities")
+    parser.add_argument("--no-job", action="store_true", help="null part: only the passes outside Ray")
     parser.add_argument("--wall-time", action="store_true", help="null part: stage table in wall, not CPU, seconds")
     parser.add_argument("--null-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

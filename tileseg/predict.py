@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tileseg.artifact import normalise
 from tileseg.grid import Block
 from tileseg.mask import NODATA, mask_rows, to_mask
 from tileseg.stitch import TileCounts, TilingSpec
@@ -74,16 +73,6 @@ class TilePredictor:
             lambda x: model(x, training=False), self.meta.mean, self.meta.std, self.num_classes, tiling, dtype=dtype
         )
 
-    def normalise_block(self, pixels: np.ndarray, valid: np.ndarray | None) -> np.ndarray | None:
-        """A block's pixels normalised at once, invalid pixels 0 (what `fill` normalises to), or None where
-        the artifact normalises per tile (each tile's own statistics: only `__call__` can do that)."""
-        if self.meta.normalisation == "tile":
-            return None
-        x = normalise(pixels, self.meta.mean, self.meta.std)
-        if valid is not None:
-            x[~valid] = 0
-        return x
-
     def trace(self, tile: int) -> None:
         """Build the graph for full batches of `tile` tiles now, without running it (a quarter second,
         where a warm-up batch would cost a whole batch of compute)."""
@@ -123,13 +112,9 @@ def segment_block(
         if probability is not None:
             probability[:, first : first + n] = planes
 
-    # Normalised once per block where the artifact allows it (bit for bit what each tile would get).
-    normalised = predictor.normalise_block(pixels, valid) if hasattr(predictor, "normalise_block") else None
-    if normalised is None:
-        pixels, model, fill = pixels, predictor, predictor.fill
-    else:
-        pixels, model, fill = normalised, predictor.predict_normalised, None
-    _, counts = tiling.predict(pixels, valid, block, model, num_classes=predictor.num_classes, fill=fill, sink=sink)
+    _, counts = tiling.predict(
+        pixels, valid, block, predictor, num_classes=predictor.num_classes, fill=predictor.fill, sink=sink
+    )
     if valid is not None:
         mask[~valid[block.region_in_read]] = NODATA
     return mask, probability, counts
