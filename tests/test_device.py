@@ -28,6 +28,7 @@ def predictor(tmp_path_factory):
     return TilePredictor(path, batch_size=TILING.batch_size, threads=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("path", "blocks"),
     [("kampala/scene/kampala_z21_image.tif", [0, 5]), ("rasterio/RGB.byte.tif", None)],  # first and last blocks
