@@ -58,7 +58,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# TILESEG_BENCH_TREE: import tileseg from another checkout (the null part's "before" arm).
+sys.path.insert(0, os.environ.get("TILESEG_BENCH_TREE") or str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
@@ -66,7 +67,8 @@ import psutil  # noqa: E402
 from tileseg.grid import DEFAULT_BLOCK, DEFAULT_CHUNK, TileGrid, Window, plan_blocks  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SCENE = REPO.parent / "shared" / "data" / "kampala" / "scene" / "kampala_z21_image.tif"
+DATA = Path(os.environ.get("TILESEG_DATA") or REPO.parent / "shared" / "data")
+SCENE = DATA / "kampala" / "scene" / "kampala_z21_image.tif"
 TILE, OVERLAP, BATCH = 256, 64, 16
 MEAN, STD = [110.0, 105.0, 95.0], [55.0, 50.0, 50.0]
 CLASSES = ["background", "building"]
@@ -702,6 +704,220 @@ def memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return result
 
 
+# --- the null part: the job's own cost per tile, with a model that costs (almost) nothing -------------
+
+NULL_SHAPE = (6144, 9216)  # the Kampala scene repeated (3 x 3 of its 2048 x 3072), 1,568 tiles
+MASK_FUNCS = ("sink", "mask_rows", "finish_rows")  # where finished rows become the mask, old and new code
+
+
+def make_null_model(path: str, seed: int) -> int:
+    """Save a 1x1-conv softmax artifact (3 bands -> 2 classes, 8 params): a model that costs almost nothing."""
+    import keras
+
+    from tileseg.model import default_metadata, save_model
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1, activation="softmax")(inputs), name="null_1x1")
+    meta = default_metadata(model, classes=CLASSES, mean=MEAN, std=STD, tile=TILE, training={"note": "null model"})
+    save_model(model, path, meta)
+    return int(model.count_params())
+
+
+def _stage_seconds(stats: Any) -> dict[str, float]:
+    """Bucket a cProfile run of read -> segment_block -> write into the stages of a tile's time."""
+    cum: dict[tuple[str, str], float] = {}
+    for (file, _, func), (_, _, _, ct, _) in stats.stats.items():
+        key = (Path(file).name, func)
+        cum[key] = max(cum.get(key, 0.0), ct)  # recursion and same-named methods: the outermost counts
+    read = cum.get(("raster.py", "read_window"), 0.0)
+    write = cum.get(("store.py", "write_block"), 0.0)
+    normalise = max(cum.get(("artifact.py", "normalise"), 0.0), cum.get(("normalise.py", "normalise"), 0.0))
+    # padding and TF I/O included; main normalises inside __call__, this checkout once per block
+    model = max(
+        cum.get(("predict.py", "__call__"), 0.0) - normalise, cum.get(("predict.py", "predict_normalised"), 0.0)
+    )
+    mask = max((cum.get(("predict.py", f), 0.0) for f in MASK_FUNCS), default=0.0)
+    device = cum.get(("device.py", "run"), 0.0)  # the device path does everything in one TF call
+    block = cum.get(("predict.py", "segment_block"), 0.0)
+    return {
+        "read": read,
+        "normalise": normalise,
+        "model": max(model, 0.0),
+        "blend": max(block - model - normalise - mask - device, 0.0),
+        "mask": mask,
+        "device": device,
+        "write": write,
+        "segment_block": block,
+    }
+
+
+def null_worker(cfg: dict[str, Any]) -> dict[str, Any]:
+    """One arm of the null part, in a fresh process importing tileseg from TILESEG_BENCH_TREE (or here).
+
+    1. The job: `segment(actors=1)` on the mosaic; image time = the summary's per-image seconds (read +
+       predict + write of every block, as the job counts them).
+    2. The same blocks outside Ray, timed plainly, then once more under cProfile for where the stitching
+       time goes (fractions of the profiled run applied to the plain run's time).
+    """
+    import cProfile
+    import pstats
+
+    import tileseg
+    from tileseg import raster, store
+    from tileseg.predict import TilePredictor, TilingSpec, segment_block
+    from tileseg.segment import SegmentOptions, segment
+
+    out = cfg["out"]
+    options = SegmentOptions(
+        inputs=[cfg["image"]], out=out, model=cfg["model"], tile=TILE, overlap=OVERLAP, blend="gaussian",
+        batch_size=cfg["batch_size"], actors=1, block=cfg["block"], chunk=cfg["chunk"], progress=False,
+    )  # fmt: skip
+    job: dict[str, Any] = {"job_wall_s": None, "image_s": None, "tiles_per_s": None, "phases": None}
+    if cfg["job"]:
+        t0 = time.perf_counter()
+        summary = segment(options)
+        wall = time.perf_counter() - t0
+        if not summary.ok:
+            raise RuntimeError(f"segment failed: {summary.images}")
+        shutil.rmtree(out, ignore_errors=True)
+        image_s = float(sum(r.seconds for r in summary.images))
+        job = {
+            "job_wall_s": wall,
+            "image_s": image_s,
+            "tiles_per_s": summary.totals.tiles_run / image_s,
+            "phases": dataclasses.asdict(summary.phases),
+        }
+
+    info = raster.open_info(cfg["image"])
+    blocks = plan_blocks(info.height, info.width, tile=TILE, overlap=OVERLAP, block=cfg["block"], chunk=cfg["chunk"])
+    tiling = TilingSpec(tile=TILE, overlap=OVERLAP, blend="gaussian", batch_size=cfg["batch_size"])
+    predictor = TilePredictor(cfg["model"], batch_size=cfg["batch_size"], threads=cfg["threads"])
+    predictor.trace(TILE)
+    store.create_store(out)
+    store.create_image_group(out, "image", info, classes=CLASSES, chunk=cfg["chunk"], num_blocks=len(blocks))
+
+    # CPU seconds of this process (all its threads): far less sensitive to other load than wall time.
+    clock = time.process_time if cfg["cpu_time"] else time.perf_counter
+    tiles = [0]
+
+    def one_pass(blocks: list = blocks) -> dict[str, float]:
+        raster.clear_cache()
+        t = {"read": 0.0, "segment_block": 0.0, "write": 0.0}
+        tiles[0] = 0
+        for b in blocks:
+            s = clock()
+            px, valid = raster.read_window(cfg["image"], b.read, bands=(1, 2, 3))
+            t["read"] += clock() - s
+            s = clock()
+            mask, prob, counts = segment_block(predictor, px, valid, b, tiling, probabilities=cfg["probabilities"])
+            t["segment_block"] += clock() - s
+            tiles[0] += counts.run
+            s = clock()
+            store.write_block(out, "image", b.region, mask, prob, b.index)
+            t["write"] += clock() - s
+        return t
+
+    one_pass(blocks[:1])  # warm: first TF execution, GDAL and Zarr
+    plain = min((one_pass() for _ in range(cfg["passes"])), key=lambda t: sum(t.values()))
+    profiler = cProfile.Profile()
+    profiler.enable()
+    one_pass()
+    profiler.disable()
+    shutil.rmtree(out, ignore_errors=True)
+    prof = _stage_seconds(pstats.Stats(profiler))
+    inner = ("normalise", "model", "blend", "mask", "device")
+    scale = plain["segment_block"] / prof["segment_block"] if prof["segment_block"] else 0.0
+    stages = {"read": plain["read"], **{k: prof[k] * scale for k in inner}, "write": plain["write"]}
+    tiles = tiles[0]
+    return {
+        "tree": str(Path(tileseg.__file__).resolve().parents[1]),
+        "height": info.height,
+        "width": info.width,
+        "blocks": len(blocks),
+        "tiles": tiles,
+        **job,
+        "outside_ray_s": sum(plain.values()),
+        "outside_ray_tiles_per_s": tiles / sum(plain.values()),
+        "stages_ms_per_tile": {k: 1e3 * v / tiles for k, v in stages.items()},
+    }
+
+
+def _null_arm(tree: str | None, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run `null_worker` in a fresh interpreter whose tileseg comes from `tree` (None: this checkout)."""
+    import subprocess
+
+    env = dict(os.environ)
+    env.pop("TILESEG_BENCH_TREE", None)
+    if tree:
+        env["TILESEG_BENCH_TREE"] = tree
+    env["PYTHONPATH"] = tree or str(REPO)
+    res = Path(cfg["out"] + ".json")
+    cmd = [sys.executable, __file__, "--null-worker", json.dumps({**cfg, "result": str(res)})]
+    subprocess.run(cmd, env=env, check=True)
+    out = json.loads(res.read_text())
+    res.unlink()
+    return out
+
+
+def null(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The job's own cost per tile with the 1x1-conv model on the mosaic: this checkout vs --before (if given)."""
+    model = str(work / "null.keras")
+    in_subprocess(make_null_model, model, args.seed)
+    h, w = args.null_shape
+    image = str(work / f"mosaic_{h}x{w}.tif")
+    in_subprocess(make_mosaic, args.scene, image, h, w, 256, "deflate")  # compressed like the scene
+    _, threads, _ = job_threads(1)
+    cfg = dict(
+        image=image, model=model, out=str(work / "null.zarr"), batch_size=args.batch_size, block=args.block,
+        chunk=args.chunk, threads=args.threads or threads, passes=args.passes, probabilities=args.probabilities,
+        cpu_time=not args.wall_time, job=not args.no_job,
+    )  # fmt: skip
+    arms = {"before": args.before, "after": None} if args.before else {"after": None}
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in arms}
+    for i in range(args.rounds):
+        for name, tree in arms.items():
+            print(f"[null round {i + 1}] {name} ({tree or REPO}) ... (load {_load()})", flush=True)
+            r = _null_arm(tree, cfg)
+            if r["image_s"] is not None:
+                print(f"  {r['tiles']} tiles, image time {r['image_s']:.2f} s = {r['tiles_per_s']:.0f} tiles/s")
+            print(f"  outside Ray {r['outside_ray_tiles_per_s']:.0f} tiles/s", flush=True)
+            runs[name].append(r)
+    best = {k: max(v, key=lambda r: r["tiles_per_s"] or r["outside_ray_tiles_per_s"]) for k, v in runs.items()}
+    result: dict[str, Any] = {"shape": [h, w], "best": best, "rounds": runs, "threads": cfg["threads"]}
+    if "before" in best:
+        if best["after"]["tiles_per_s"] and best["before"]["tiles_per_s"]:
+            result["speedup"] = best["after"]["tiles_per_s"] / best["before"]["tiles_per_s"]
+        result["speedup_outside_ray"] = (
+            best["after"]["outside_ray_tiles_per_s"] / best["before"]["outside_ray_tiles_per_s"]
+        )
+    return result
+
+
+def print_null(r: dict[str, Any]) -> None:
+    best = r["best"]
+    h, w = r["shape"]
+    print(f"\nnull model (1x1 conv) on a {h}x{w} mosaic, {next(iter(best.values()))['tiles']} tiles, 1 actor")
+    print(f"{'arm':<8} {'image s':>8} {'tiles/s':>8} {'job wall s':>10} {'outside Ray tiles/s':>20}")
+    for name, b in best.items():
+        job = (
+            f"{b['image_s']:>8.2f} {b['tiles_per_s']:>8.0f} {b['job_wall_s']:>10.1f}" if b["image_s"] else f"{'-':>28}"
+        )
+        print(f"{name:<8} {job} {b['outside_ray_tiles_per_s']:>20.0f}")
+    stages = list(next(iter(best.values()))["stages_ms_per_tile"])
+    print(
+        "\nwhere a tile's time goes (ms per tile, outside Ray, CPU s unless --wall-time; stitching split by cProfile)"
+    )
+    print(f"{'stage':<10}" + "".join(f" {name:>8}" for name in best))
+    for s in stages:
+        print(f"{s:<10}" + "".join(f" {b['stages_ms_per_tile'][s]:>8.3f}" for b in best.values()))
+    total = {n: sum(b["stages_ms_per_tile"].values()) for n, b in best.items()}
+    print(f"{'total':<10}" + "".join(f" {total[n]:>8.3f}" for n in best))
+    if "speedup_outside_ray" in r:
+        job = f"image-time tiles/s x{r['speedup']:.2f}, " if "speedup" in r else ""
+        print(f"\nafter / before: {job}outside Ray x{r['speedup_outside_ray']:.2f}")
+
+
 def _thin(by_label: list[tuple[float, dict[str, int]]], every: float) -> list[tuple[float, dict[str, int]]]:
     """One (t, {label: PSS MiB}) per `every` seconds."""
     out: list[tuple[float, dict[str, int]]] = []
@@ -801,7 +1017,7 @@ def print_memory(m: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("throughput", "memory", "all"), default="all")
+    parser.add_argument("--part", choices=("throughput", "memory", "null", "all"), default="all")
     parser.add_argument("--scene", default=str(SCENE), help="the real scene (default: Kampala z21)")
     parser.add_argument(
         "--repeat", type=int, nargs="+", default=[1, 2], help="throughput on the scene tiled N x N, per N (default 1 2)"
@@ -831,7 +1047,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (models, mosaics)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--before", default=None, help="null part: also run the tileseg of this tree (e.g. main's)")
+    parser.add_argument("--null-shape", type=int, nargs=2, default=list(NULL_SHAPE), metavar=("H", "W"))
+    parser.add_argument("--passes", type=int, default=1, help="null part: plain passes outside Ray (best)")
+    parser.add_argument("--probabilities", action="store_true", help="null part: also keep probabilities")
+    parser.add_argument("--no-job", action="store_true", help="null part: only the passes outside Ray")
+    parser.add_argument("--wall-time", action="store_true", help="null part: stage table in wall, not CPU, seconds")
+    parser.add_argument("--null-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.null_worker:
+        cfg = json.loads(args.null_worker)
+        Path(cfg["result"]).write_text(json.dumps(null_worker(cfg), default=float))
+        return 0
 
     # Everything temporary, the embedded Ray's session dir included, goes under one short dir of ours, so
     # the sampler can recognise our Ray processes (and Ray's socket paths stay short).
@@ -854,6 +1081,8 @@ def main(argv: list[str] | None = None) -> int:
             results["throughput"] = throughput(args, work)
         if args.part in ("memory", "all"):
             results["memory"] = memory(args, work)
+        if args.part == "null":
+            results["null"] = null(args, work)
     finally:
         if args.keep:
             print(f"kept {work}")
@@ -865,6 +1094,8 @@ def main(argv: list[str] | None = None) -> int:
         print_throughput(results["throughput"])
     if "memory" in results:
         print_memory(results["memory"])
+    if "null" in results:
+        print_null(results["null"])
     print(
         f"\nload average (1/5/15 min) {results['machine']['load_start']} at start, "
         f"{results['machine']['load_end']} at end, on {os.cpu_count()} CPUs; {results['seconds']:.0f} s in all"

@@ -242,8 +242,8 @@ def test_rolling_buffer_stays_a_tile_high(monkeypatch):
     held = []
 
     class Spy(stitch.RollingAccumulator):
-        def add(self, *args, **kwargs):
-            super().add(*args, **kwargs)
+        def add_planar(self, *args, **kwargs):
+            super().add_planar(*args, **kwargs)
             held.append(self.rows_held)
 
     monkeypatch.setattr(stitch, "RollingAccumulator", Spy)
@@ -288,10 +288,10 @@ def _collect(shape_hw, classes):
     got = np.full((*shape_hw, classes), np.nan, np.float32)
     calls = []
 
-    def sink(first, rows):
-        assert rows.dtype == np.float32 and rows.shape[1:] == (shape_hw[1], classes)
-        calls.append((first, len(rows)))
-        got[first : first + len(rows)] = rows
+    def sink(first, planes):
+        assert planes.dtype == np.float32 and planes.shape[0] == classes and planes.shape[2] == shape_hw[1]
+        calls.append((first, planes.shape[1]))
+        got[first : first + planes.shape[1]] = np.moveaxis(planes, 0, -1)
 
     return got, calls, sink
 

@@ -56,6 +56,13 @@ def normalise(
     for name, v in (("mean", m), ("std", s)):
         if v.ndim and v.shape[-1] != x.shape[-1]:
             raise ValueError(f"normalise: {name} has {v.shape} values but pixels have {x.shape[-1]} bands")
+    if x.ndim >= 2 and m.ndim == 1 and s.ndim == 1 and len(m) == len(s) == x.shape[-1] and x.size:
+        # Rows of width w * C against the per-band values repeated w times: the same float operations as
+        # broadcasting over the tiny band axis, several times faster (contiguous inner loops).
+        rows = x.reshape(-1, x.shape[-2] * x.shape[-1])
+        np.subtract(rows, np.tile(m, x.shape[-2]), out=rows)
+        np.divide(rows, np.tile(s, x.shape[-2]), out=rows)
+        return x
     x -= m
     x /= s
     return x

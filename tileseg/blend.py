@@ -76,46 +76,54 @@ _TINY = np.finfo(np.float32).tiny
 
 
 def _normalise(total: np.ndarray, weight: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """total / weight (both (..., K) float32) into `out`: the weighted mean, 0 where the weight is 0.
+    """total / weight into `out`: the weighted mean, 0 where the weight is 0.
 
-    Clamps `weight` in place (callers pass a copy or rows they are about to drop).
+    `total` is (K, h, w) and `weight` (h, w), both float32; `out` (K, h, w).  Clamps `weight` in place
+    (callers pass a copy or rows they are about to drop).
     """
     np.maximum(weight, _TINY, out=weight)
-    return np.divide(total, weight, out=out)
+    if out is None:
+        out = np.empty(total.shape, np.float32)
+    for k in range(len(total)):
+        np.divide(total[k], weight, out=out[k])
+    return out
 
 
 class _Sums:
-    """Running sums of w * p and of w, both (rows, W, K) float32 so that every operation is contiguous.
+    """Running sums of w * p, one (rows, W) float32 plane per class, and of w, one (rows, W) plane.
 
-    Keeping w per class costs K x the weight memory but avoids broadcasting over a tiny last axis, which
-    makes NumPy's inner loops ~4x slower.  `_add` is the one place weights meet predictions, so every
-    accumulator does the same float operations in the same order and they agree bit for bit.
+    Planes keep every operation contiguous and in place (no per-tile temporaries beyond one scratch
+    tile).  `_add` is the one place weights meet predictions, so every accumulator does the same float
+    operations in the same order (w * p rounded to float32, then added) and they agree bit for bit.
     """
 
     def __init__(self, rows: int, width: int, classes: int) -> None:
         self.width, self.classes = width, classes
-        self._total = np.zeros((rows, width, classes), dtype=np.float32)
-        self._weight = np.zeros((rows, width, classes), dtype=np.float32)
-        self._window: tuple[np.ndarray, np.ndarray] | None = None  # (weights, weights repeated K times)
-
-    def _expand(self, weights: np.ndarray) -> np.ndarray:
-        """`weights` (th, tw) repeated over K; cached for read-only weights (the cached blend windows)."""
-        if self._window is not None and self._window[0] is weights:
-            return self._window[1]
-        expanded = np.repeat(np.asarray(weights, np.float32)[..., None], self.classes, axis=-1)
-        if not weights.flags.writeable:
-            self._window = (weights, expanded)
-        return expanded
+        self._total = np.zeros((classes, rows, width), dtype=np.float32)
+        self._weight = np.zeros((rows, width), dtype=np.float32)
+        self._scratch = np.empty((0, 0), dtype=np.float32)
 
     def _add(self, probs: np.ndarray, at_row: int, at_col: int, weights: np.ndarray, rows: int) -> None:
-        if probs.ndim != 3 or probs.shape[:2] != weights.shape or probs.shape[2] != self.classes:
+        """Add `probs` (th, tw, K) weighted by `weights` (th, tw) (`_add_planar` takes (K, th, tw))."""
+        if probs.ndim != 3:
+            raise ValueError(f"probs {probs.shape} must be (th, tw, K)")
+        self._add_planar(np.moveaxis(probs, -1, 0), at_row, at_col, weights, rows)
+
+    def _add_planar(self, probs: np.ndarray, at_row: int, at_col: int, weights: np.ndarray, rows: int) -> None:
+        if probs.ndim != 3 or probs.shape[1:] != weights.shape or probs.shape[0] != self.classes:
             raise ValueError(f"probs {probs.shape} do not fit weights {weights.shape}, {self.classes} classes")
-        (dr, sr), (dc, sc) = _clip(at_row, probs.shape[0], rows), _clip(at_col, probs.shape[1], self.width)
+        (dr, sr), (dc, sc) = _clip(at_row, probs.shape[1], rows), _clip(at_col, probs.shape[2], self.width)
         if dr.stop == dr.start or dc.stop == dc.start:
             return
-        w = self._expand(weights)[sr, sc]
-        self._total[dr, dc] += probs[sr, sc] * w
-        self._weight[dr, dc] += w
+        w = weights[sr, sc]
+        if self._scratch.shape != w.shape:
+            self._scratch = np.empty(w.shape, np.float32)
+        for k in range(self.classes):
+            np.multiply(probs[k, sr, sc], w, out=self._scratch)
+            dst = self._total[k, dr, dc]
+            np.add(dst, self._scratch, out=dst)
+        dst = self._weight[dr, dc]
+        np.add(dst, w, out=dst)
 
 
 class Accumulator(_Sums):
@@ -131,7 +139,7 @@ class Accumulator(_Sums):
     @property
     def weight(self) -> np.ndarray:
         """(H, W) sum of the weights added at each pixel (read-only view)."""
-        w = self._weight[..., 0].view()
+        w = self._weight.view()
         w.setflags(write=False)
         return w
 
@@ -141,7 +149,7 @@ class Accumulator(_Sums):
 
     def result(self, valid: np.ndarray | None = None) -> np.ndarray:
         """(H, W, K) float32 weighted mean; 0 where no weight, and where `valid` (H, W) is False."""
-        out = _normalise(self._total, self._weight.copy())
+        out = np.moveaxis(_normalise(self._total, self._weight.copy()), 0, -1).copy()
         if valid is not None:
             out[~valid] = 0
         return out
@@ -163,25 +171,28 @@ class RollingAccumulator(_Sums):
     @property
     def rows_held(self) -> int:
         """Rows currently buffered (the memory bound: a tile's height unless tiles are added out of order)."""
-        return len(self._total)
+        return len(self._weight)
 
     def _ensure(self, stop: int) -> None:
         """Grow the buffer so that it reaches row `stop` (only if tiles span more than `tile` rows)."""
-        grow = min(stop, self.height) - self.emitted - len(self._total)
+        grow = min(stop, self.height) - self.emitted - len(self._weight)
         if grow > 0:
-            pad = np.zeros((grow, self.width, self.classes), np.float32)
-            self._total = np.concatenate([self._total, pad])
-            self._weight = np.concatenate([self._weight, pad])
+            self._total = np.concatenate([self._total, np.zeros((self.classes, grow, self.width), np.float32)], 1)
+            self._weight = np.concatenate([self._weight, np.zeros((grow, self.width), np.float32)])
 
     def add(self, probs: np.ndarray, at_row: int, at_col: int, weights: np.ndarray) -> None:
-        """Add a tile like `Accumulator.add`; it must not reach rows already emitted."""
-        top, bottom = max(at_row, 0), min(at_row + probs.shape[0], self.height)
+        """Add a tile (th, tw, K) like `Accumulator.add`; it must not reach rows already emitted."""
+        self.add_planar(np.moveaxis(probs, -1, 0), at_row, at_col, weights)
+
+    def add_planar(self, probs: np.ndarray, at_row: int, at_col: int, weights: np.ndarray) -> None:
+        """`add` for a (K, th, tw) tile (a class-plane view of the model's output works: no copy)."""
+        top, bottom = max(at_row, 0), min(at_row + probs.shape[1], self.height)
         if bottom <= top:
             return
         if top < self.emitted:
             raise ValueError(f"tile at row {at_row} reaches rows already emitted (< {self.emitted})")
         self._ensure(bottom)
-        self._add(probs, at_row - self.emitted, at_col, weights, len(self._total))
+        self._add_planar(probs, at_row - self.emitted, at_col, weights, len(self._weight))
 
     def emit_until(self, row: int, out: np.ndarray | None = None) -> tuple[int, np.ndarray]:
         """Finish rows [emitted, row): return (first row, (n, W, K) float32 normalised rows) and drop them.
@@ -189,18 +200,27 @@ class RollingAccumulator(_Sums):
         With `out` ((n, W, K) float32) the rows are written there and `out` is returned.  Rows past the
         buffer (nothing added there yet) come back 0 without growing it.
         """
+        start, planar = self.emit_planar(row)
+        if out is None:
+            out = np.empty((planar.shape[1], self.width, self.classes), dtype=np.float32)
+        out[...] = np.moveaxis(planar, 0, -1)
+        return start, out
+
+    def emit_planar(self, row: int, out: np.ndarray | None = None) -> tuple[int, np.ndarray]:
+        """`emit_until` with (K, n, W) rows: class planes, as the store keeps them."""
         row = min(max(row, self.emitted), self.height)
         start, n = self.emitted, row - self.emitted
         if out is None:
-            out = np.empty((n, self.width, self.classes), dtype=np.float32)
-        held = min(n, len(self._total))
-        _normalise(self._total[:held], self._weight[:held], out[:held])
-        out[held:] = 0
+            out = np.empty((self.classes, n, self.width), dtype=np.float32)
+        held = min(n, len(self._weight))
+        _normalise(self._total[:, :held], self._weight[:held], out[:, :held])
+        out[:, held:] = 0
         if held:
             # Shift the unfinished rows to the top of the buffer and clear what follows.
-            keep = len(self._total) - held
-            for buf in (self._total, self._weight):
-                buf[:keep] = buf[held:]
-                buf[keep:] = 0
+            keep = len(self._weight) - held
+            self._total[:, :keep] = self._total[:, held:]
+            self._total[:, keep:] = 0
+            self._weight[:keep] = self._weight[held:]
+            self._weight[keep:] = 0
         self.emitted = row
         return start, out

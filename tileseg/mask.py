@@ -23,3 +23,22 @@ def to_mask(probs: np.ndarray, valid: np.ndarray | None = None, rows: int = 512)
     if valid is not None:
         mask[~valid] = NODATA
     return mask
+
+
+def mask_rows(planes: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Class index per pixel of (K, n, w) class planes into `out` (n, w) uint8: argmax, the first max wins.
+
+    One comparison per class after the first (for K = 2 a single `p1 > p0`), no index temporaries.
+    Equal to `argmax` over the class axis for finite probabilities.
+    """
+    if len(planes) == 2:
+        np.greater(planes[1], planes[0], out=out.view(bool))
+        return out
+    out[...] = 0
+    best = planes[0].copy()
+    better = np.empty(out.shape, bool)
+    for k in range(1, len(planes)):
+        np.greater(planes[k], best, out=better)
+        out[better] = k
+        np.maximum(best, planes[k], out=best)
+    return out

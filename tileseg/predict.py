@@ -10,14 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tileseg.grid import Block
-from tileseg.mask import NODATA, to_mask
+from tileseg.mask import NODATA, mask_rows, to_mask
 from tileseg.resample import ResampledBlock
 from tileseg.stitch import TileCounts, TilingSpec
 from tileseg.tta import entropy, predict_tta, to_uncertainty
+
+if TYPE_CHECKING:
+    from tileseg.device import DeviceBlocks
 
 __all__ = [
     "NODATA",
@@ -53,24 +57,46 @@ class TilePredictor:
         self.num_classes = self.meta.num_classes
         self._run = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
         self.on_batch: Callable[[int], None] | None = None  # told the number of tiles after each model call
+        self._padded: np.ndarray | None = None  # a full batch, for the last partial one of a block
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         n = len(tiles)
         out = []
         for start in range(0, n, self.batch_size):
-            chunk = self.meta.normalise(tiles[start : start + self.batch_size])
-            k = len(chunk)
-            if k < self.batch_size:
-                pad = np.zeros((self.batch_size - k, *chunk.shape[1:]), np.float32)
-                chunk = np.concatenate([chunk, pad])
-            probs = np.asarray(self._run(chunk))[:k]
+            probs = self.predict_normalised(self.meta.normalise(tiles[start : start + self.batch_size]))
             if not np.isfinite(probs).all():
+                k = len(probs)
                 bad = int((~np.isfinite(probs)).reshape(k, -1).any(axis=1).sum())
                 raise NonFiniteOutputError(f"the model gave non-finite values (NaN or inf) for {bad} of {k} tiles")
             out.append(probs)
             if self.on_batch is not None:
-                self.on_batch(k)
-        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+                self.on_batch(len(probs))
+        return np.concatenate(out) if len(out) != 1 else out[0]
+
+    def predict_normalised(self, tiles: np.ndarray) -> np.ndarray:
+        """The model on normalised tiles (N <= batch_size, t, t, C): padded to a full batch, (N, t, t, K)."""
+        k = len(tiles)
+        if k > self.batch_size:
+            raise ValueError(f"{k} tiles, more than the batch size {self.batch_size}")
+        if k < self.batch_size:
+            if self._padded is None or self._padded.shape[1:] != tiles.shape[1:]:
+                self._padded = np.zeros((self.batch_size, *tiles.shape[1:]), np.float32)
+            self._padded[:k] = tiles
+            self._padded[k:] = 0
+            tiles = self._padded
+        return np.asarray(self._run(tiles))[:k]
+
+    def device_blocks(self, tiling: TilingSpec, dtype: str = "float32") -> DeviceBlocks | None:
+        """The device path (`tileseg.device`) for this model and tiling; None where the artifact normalises
+        per tile.  `dtype` "bfloat16" runs the model in mixed precision (on GPUs that have it)."""
+        if self.meta.normalisation == "tile":
+            return None
+        from tileseg.device import DeviceBlocks, mixed_precision_model
+
+        model = self.model if dtype == "float32" else mixed_precision_model(self.model, dtype)
+        return DeviceBlocks(
+            lambda x: model(x, training=False), self.meta.mean, self.meta.std, self.num_classes, tiling, dtype=dtype
+        )
 
     def trace(self, tile: int) -> None:
         """Build the graph for full batches of `tile` tiles now, without running it (a quarter second,
@@ -105,10 +131,11 @@ def segment_block(
     if probabilities:
         probability = np.empty((predictor.num_classes, r.height, r.width), dtype=np.float32)
 
-    def sink(first: int, rows: np.ndarray) -> None:
-        mask[first : first + len(rows)] = rows.argmax(axis=-1)
+    def sink(first: int, planes: np.ndarray) -> None:
+        n = planes.shape[1]
+        mask_rows(planes, mask[first : first + n])
         if probability is not None:
-            probability[:, first : first + len(rows)] = np.moveaxis(rows, -1, 0)
+            probability[:, first : first + n] = planes
 
     _, counts = tiling.predict(
         pixels, valid, block, predictor, num_classes=predictor.num_classes, fill=predictor.fill, sink=sink

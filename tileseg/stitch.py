@@ -21,7 +21,9 @@ Predict = Callable[[np.ndarray], np.ndarray]
 """Maps an (N, tile, tile, C) float32 batch to (N, tile, tile, K) probabilities."""
 
 Sink = Callable[[int, np.ndarray], None]
-"""Takes finished rows of a block's region: (first row, (n, width, K) float32 probabilities)."""
+"""Takes finished rows of a block's region: (first row, (K, n, width) float32 probabilities, one plane per class).
+
+The rows are the caller's until it returns (they may be reused afterwards)."""
 
 
 @dataclass
@@ -103,19 +105,20 @@ def predict_block(
     overlap: int = 64,
     batch_size: int = 16,
     num_classes: int | None = None,
-    fill: float | np.ndarray = 0.0,
+    fill: float | np.ndarray | None = 0.0,
     sink: Sink | None = None,
 ) -> tuple[np.ndarray | None, TileCounts]:
     """Predict the tiles of `block` from `pixels` (h, w, C covering block.read) and blend them on its region.
 
     Tiles without a valid pixel are skipped (never passed to `predict`); invalid pixels are set to `fill`
     before predicting (default 0, the mean of normalised inputs; pass the raw per-band mean, shape (C,),
-    when `predict` normalises itself) and come back 0.  Returns ((region h, w, K) float32, counts).
+    when `predict` normalises itself; None: `pixels` already hold what the model should see there) and
+    come back 0.  Returns ((region h, w, K) float32, counts).
     `num_classes` is required when every tile may be skipped (K cannot be learnt from `predict` then).
     Memory beyond the output is a few tile rows x region width plus one batch.
 
-    With `sink`, no (h, w, K) output is held: finished rows go to `sink` top to bottom, at most a tile's
-    height at a time, with the same values, and (None, counts) is returned.
+    With `sink`, no (h, w, K) output is held: finished rows go to `sink` top to bottom as class planes,
+    at most a tile's height at a time, with the same values, and (None, counts) is returned.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -126,9 +129,9 @@ def predict_block(
     if (read.height, read.width) != (rows[-1] - rows[0] + tile, cols[-1] - cols[0] + tile):
         raise ValueError(f"block {block.index} was not planned with tile={tile}")
     counts = TileCounts(grid=_owned(block))
-    region_valid = None if valid is None else valid[block.region_in_read]
+    region_invalid = None if valid is None else ~valid[block.region_in_read]
     channels = pixels.shape[2]
-    fill_value = _fill(fill, channels)
+    fill_value = None if fill is None else _fill(fill, channels)
     out: np.ndarray | None = None
     acc: RollingAccumulator | None = None
     batch = np.empty((batch_size, tile, tile, channels), dtype=np.float32)
@@ -138,10 +141,12 @@ def predict_block(
     added = 0
     final = 0  # rows [0, final) of the region are final even if no accumulator exists yet
 
-    def deliver(first: int, rows: np.ndarray) -> None:
-        if region_valid is not None:
-            rows[~region_valid[first : first + len(rows)]] = 0
-        sink(first, rows)  # type: ignore[misc]
+    def deliver(first: int, planes: np.ndarray) -> None:
+        if region_invalid is not None:
+            invalid = region_invalid[first : first + planes.shape[1]]
+            for plane in planes:
+                plane[invalid] = 0
+        sink(first, planes)  # type: ignore[misc]
 
     def start(classes: int) -> None:
         nonlocal out, acc
@@ -159,7 +164,7 @@ def predict_block(
             acc.emit_until(until, out=out[acc.emitted : until])
             return
         while acc.emitted < until:
-            deliver(*acc.emit_until(min(until, acc.emitted + tile)))
+            deliver(*acc.emit_planar(min(until, acc.emitted + tile)))
 
     def emit(until: int) -> None:
         nonlocal final
@@ -178,9 +183,9 @@ def predict_block(
         if acc is None:
             start(probs.shape[3])
         assert acc is not None
-        probs = probs.astype(np.float32, copy=False)
+        planes = np.moveaxis(probs.astype(np.float32, copy=False), -1, 1)  # (n, K, t, t) views, no copy
         for i, (r, c) in enumerate(pending):
-            acc.add(probs[i], r, c, weights)
+            acc.add_planar(planes[i], r, c, weights)
             added += 1
             while boundaries and boundaries[0][0] <= added:  # emit as soon as a tile row is complete
                 emit(boundaries.popleft()[1])
@@ -196,7 +201,7 @@ def predict_block(
                 continue
             dst = batch[len(pending)]
             dst[...] = pixels[y : y + tile, x : x + tile]
-            if tile_valid is not None:
+            if tile_valid is not None and fill_value is not None:
                 dst[~tile_valid] = fill_value
             pending.append((ty - region.row, tx - region.col))
             counts.run += 1
@@ -215,8 +220,8 @@ def predict_block(
         emit(region.height)
     if out is None:
         return None, counts
-    if region_valid is not None:
-        out[~region_valid] = 0
+    if region_invalid is not None:
+        out[region_invalid] = 0
     return out, counts
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from tileseg import device
 from tileseg.errors import ArtifactError
 from tileseg.predict import TilePredictor, infer_block, segment_block
 from tileseg.resample import ResampledBlock
@@ -65,6 +66,9 @@ class BlockPredictor:
             os.unlink(path)
         self.predictor.trace(plan.tiling.tile)  # the graph is ready before the first block arrives
         self.predictor.on_batch = self._progress
+        self.device = None  # the whole block in TensorFlow: on GPUs, or where TILESEG_DEVICE_PATH=on
+        if device.wanted():
+            self.device = self.predictor.device_blocks(plan.tiling, device.precision())
         self.ready = time.time()
         if self.heartbeat is not None:
             self.heartbeat.actor_ready.remote()
@@ -95,6 +99,10 @@ class BlockPredictor:
                     probabilities=self.plan.probabilities,
                 )  # fmt: skip
                 mask, prob, unc, counts = out.mask, out.probability, out.uncertainty, out.counts
+            elif self.device is not None:
+                mask, prob, counts = self.device.run(
+                    item.pixels, item.valid, item.block, probabilities=self.plan.probabilities
+                )
             else:
                 mask, prob, counts = segment_block(
                     self.predictor, item.pixels, item.valid, item.block, self.plan.tiling,
