@@ -44,8 +44,16 @@ def test_the_clock_starts_with_the_first_actor_and_progress_resets_it():
 
 
 def test_the_watchdog_interrupts_the_main_thread():
-    with pytest.raises(KeyboardInterrupt), Watchdog(0.2, lambda: (1, 0), every=0.05) as dog:
-        time.sleep(5)
+    import signal
+
+    # Python's own Ctrl-C handler, whatever an earlier test's library left installed (Ray Train leaves one
+    # that calls into Ray, which would start a Ray of its own here).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), Watchdog(0.2, lambda: (1, 0), every=0.05) as dog:
+            time.sleep(5)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert dog.fired
 
 

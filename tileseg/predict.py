@@ -187,13 +187,13 @@ def infer_block(
     prob = np.empty((k, region.height, region.width), np.float32) if probabilities else None
     unc = np.empty((region.height, region.width), np.uint8) if uncertainty else None
 
-    def sink(first: int, rows: np.ndarray) -> None:
-        n = len(rows)
-        mask[first : first + n] = rows[..., :k].argmax(axis=-1)
+    def sink(first: int, planes: np.ndarray) -> None:  # (channels, n, width): one plane per class (+ disagreement)
+        n = planes.shape[1]
+        mask[first : first + n] = planes[:k].argmax(axis=0)
         if prob is not None:
-            prob[:, first : first + n] = np.moveaxis(rows[..., :k], -1, 0)
+            prob[:, first : first + n] = planes[:k]
         if unc is not None:
-            unc[first : first + n] = to_uncertainty(rows[..., k] if extra else entropy(rows[..., :k]))
+            unc[first : first + n] = to_uncertainty(planes[k] if extra else entropy(np.moveaxis(planes[:k], 0, -1)))
 
     channels = k + int(extra)
     if resampled is None:
@@ -203,7 +203,7 @@ def infer_block(
         model_pixels, model_valid = resampled.to_model(pixels, valid)
         grid = resampled.grid
         out, counts = tiling.predict(model_pixels, model_valid, grid, model, num_classes=channels, fill=predictor.fill)
-        sink(0, resampled.to_image(out, model_valid[grid.region_in_read]))
+        sink(0, np.moveaxis(resampled.to_image(out, model_valid[grid.region_in_read]), -1, 0))
         r, rd = block.region, resampled.read
         inside = slice(r.row - rd.row, r.row - rd.row + r.height), slice(r.col - rd.col, r.col - rd.col + r.width)
         region_valid = None if valid is None else valid[inside]

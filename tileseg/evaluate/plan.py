@@ -185,5 +185,8 @@ def _truth_path(truth: str) -> str:
     if not is_remote(truth):
         return truth
     for key, value in gdal_cloud_options().items():
-        os.environ.setdefault(key, value)  # as tileseg.raster does before its first remote open
+        # The truth is read in dask tasks, so these are set for the process; not the no-listing switch,
+        # which would hide local files' sidecars (.msk) from every later read in this process.
+        if key != "GDAL_DISABLE_READDIR_ON_OPEN":
+            os.environ.setdefault(key, value)
     return gdal_path(truth)

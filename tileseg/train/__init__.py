@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -88,7 +90,12 @@ def train(options: TrainOptions | dict, *, trace_dir: str | Path | None = None) 
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             ),
         )
-        result = trainer.fit()
+        previous = signal.getsignal(signal.SIGINT)
+        try:
+            result = trainer.fit()
+        finally:  # Ray Train installs a Ctrl-C handler that calls into Ray; it must not outlive the session
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, previous)
         if result.checkpoint is None:
             raise TilesegError("training finished without a checkpoint")
         with result.checkpoint.as_directory() as folder:
