@@ -65,3 +65,16 @@ def ray_env():
 
 
 from s3server import s3_server  # noqa: E402,F401  (the S3 server fixture, for every test module)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One embedded Ray for a module's in-process jobs (2 CPUs, no dashboard, its own temp dir), shut down
+    after the module (a module that needs more, such as test_cloud's S3 variables, defines its own)."""
+    import ray
+
+    from tileseg.segment import RaySession
+
+    with RaySession(num_cpus=2) as session:
+        yield session
+    assert not ray.is_initialized()

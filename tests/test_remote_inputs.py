@@ -18,18 +18,6 @@ from tileseg.uri import redact, url_of
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    """One embedded Ray for this module's jobs (2 CPUs), shut down afterwards."""
-    import ray
-
-    from tileseg.segment import RaySession
-
-    with RaySession(num_cpus=2) as session:
-        yield session
-    assert not ray.is_initialized()
-
-
-@pytest.fixture(scope="module")
 def crop(data_dir, tmp_path_factory) -> Path:
     """A 512 x 768 crop of the Kampala scene (two blocks of 512), georeferenced like the scene."""
     scene = data_dir / "kampala" / "scene" / "kampala_z21_image.tif"

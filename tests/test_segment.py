@@ -22,18 +22,6 @@ from tileseg.stitch import predict_array
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """One embedded Ray for this module's in-process jobs (2 CPUs, no dashboard, its own temp dir)."""
-    import ray
-
-    from tileseg.segment import RaySession
-
-    with RaySession(num_cpus=2) as session:
-        yield session
-    assert not ray.is_initialized()
-
-
 def _scene(data_dir: Path) -> Path:
     return data_dir / "kampala" / "scene" / "kampala_z21_image.tif"
 

@@ -22,18 +22,6 @@ TILE, OVERLAP = 64, 16
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    """One embedded Ray for this module's jobs (2 CPUs), gone afterwards."""
-    import ray
-
-    from tileseg.segment import RaySession
-
-    with RaySession(num_cpus=2) as session:
-        yield session
-    assert not ray.is_initialized()
-
-
-@pytest.fixture(scope="module")
 def crop(data_dir, tmp_path_factory):
     """A 520 x 540 piece of the real Kampala scene with a nodata corner, as a GeoTIFF with a mask band."""
     scene = str(data_dir / "kampala" / "scene" / "kampala_z21_image.tif")
