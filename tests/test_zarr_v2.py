@@ -24,16 +24,18 @@ CLASSES = ["background", "building", "road"]
 
 
 def _fill(store: str | Path, name: str, info, chunk: int = 64, probabilities: bool = True) -> np.ndarray:
-    """Create the group and write every block with synthetic outputs; return the expected mask."""
+    """Create the group (mask, probabilities, an uncertainty layer) and write every block with synthetic
+    outputs; return the expected mask."""
     plan = block_plan(info.height, info.width, 128)
     st.create_image_group(
         store, name, info, classes=CLASSES, chunk=chunk, num_blocks=len(plan), probabilities=probabilities,
-        attrs={"run": "v2"},
+        probability_dtype="uint8", uncertainty="entropy", attrs={"run": "v2"},
     )  # fmt: skip
     expected = np.full((info.height, info.width), 255, np.uint8)
     for i, win in enumerate(plan):
         mask, prob = synthetic_outputs(win)
-        st.write_block(store, name, win, mask, prob if probabilities else None, i)
+        u = (np.arange(win[2] * win[3]) % 255).astype(np.uint8).reshape(win[2], win[3])
+        st.write_block(store, name, win, mask, prob if probabilities else None, i, uncertainty=u)
         r, c, h, w = win
         expected[r : r + h, c : c + w] = mask
     st.finish_image(store, name, {"blocks": len(plan)})
@@ -59,6 +61,8 @@ def test_a_v2_store_opens_georeferenced_in_gdal_and_xarray(tmp_path: Path, data_
         np.testing.assert_array_equal(ds.read(1), expected)
     with rasterio.open(st.gdal_path(out, "rgb", "probability")) as ds:
         assert ds.count == len(CLASSES) and ds.crs == rasterio.crs.CRS.from_wkt(info.crs)
+    with rasterio.open(st.gdal_path(out, "rgb", "uncertainty")) as ds:  # every layer georeferenced in v2
+        assert ds.crs == rasterio.crs.CRS.from_wkt(info.crs) and ds.nodata == 255
 
     ds = xr.open_zarr(out, group="rgb", consolidated=False)
     assert ds.mask.dims == ("y", "x") and ds.probability.dims == ("class", "y", "x")
@@ -73,7 +77,7 @@ def test_a_v2_store_opens_georeferenced_in_gdal_and_xarray(tmp_path: Path, data_
     g2, g3 = zarr.open_group(str(out), path="rgb"), zarr.open_group(str(v3), path="rgb")
     skip = {"created", "finished"}
     assert {k: v for k, v in g2.attrs.items() if k not in skip} == {k: v for k, v in g3.attrs.items() if k not in skip}
-    for array in ("mask", "probability", "x", "y", "spatial_ref", "blocks_done"):
+    for array in ("mask", "probability", "uncertainty", "x", "y", "spatial_ref", "blocks_done"):
         extra = set(g2[array].attrs) - set(g3[array].attrs)
         assert extra <= {"_ARRAY_DIMENSIONS", "_CRS"}, (array, extra)
         assert g2[array].shape == g3[array].shape and g2[array].dtype == g3[array].dtype

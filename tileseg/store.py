@@ -307,6 +307,16 @@ def _reusable(
     return False
 
 
+def _uint8_fraction_attrs(symbol: str) -> dict[str, Any]:
+    """CF attributes of a 0..1 quantity stored as uint8 (`symbol` names it in the quantisation note)."""
+    return {
+        "scale_factor": 1.0 / _UINT8_SCALE,
+        "add_offset": 0.0,
+        "_FillValue": MASK_NODATA,
+        "quantisation": f"round({symbol} * {_UINT8_SCALE}); {MASK_NODATA} = nodata",
+    }
+
+
 def create_image_group(
     store: StoreLike,
     name: str,
@@ -376,14 +386,7 @@ def create_image_group(
         fill: float | int = math.nan
         if probability_dtype == "uint8":
             fill = MASK_NODATA
-            pattrs.update(
-                {
-                    "scale_factor": 1.0 / _UINT8_SCALE,
-                    "add_offset": 0.0,
-                    "_FillValue": MASK_NODATA,
-                    "quantisation": f"round(p * {_UINT8_SCALE}); {MASK_NODATA} = nodata",
-                }
-            )
+            pattrs.update(_uint8_fraction_attrs("p"))
         g.create_array(
             "probability",
             shape=(len(classes), h, w),
@@ -405,12 +408,10 @@ def create_image_group(
                 "uint8",
                 {
                     **common,
+                    **gdal_crs,
                     "long_name": "prediction uncertainty",
                     "measure": uncertainty,
-                    "scale_factor": 1.0 / _UINT8_SCALE,
-                    "add_offset": 0.0,
-                    "_FillValue": MASK_NODATA,
-                    "quantisation": f"round(u * {_UINT8_SCALE}); {MASK_NODATA} = nodata",
+                    **_uint8_fraction_attrs("u"),
                 },
             ),
         )
