@@ -200,21 +200,33 @@ class RollingAccumulator(_Sums):
         With `out` ((n, W, K) float32) the rows are written there and `out` is returned.  Rows past the
         buffer (nothing added there yet) come back 0 without growing it.
         """
-        start, planar = self.emit_planar(row)
+        start, n = self._span(row)
         if out is None:
-            out = np.empty((planar.shape[1], self.width, self.classes), dtype=np.float32)
-        out[...] = np.moveaxis(planar, 0, -1)
+            out = np.empty((n, self.width, self.classes), dtype=np.float32)
+        # Divide straight into the (n, W, K) rows, one class at a time (no (K, n, W) copy to interleave).
+        self._finish(row, np.moveaxis(out, -1, 0))
         return start, out
 
     def emit_planar(self, row: int, out: np.ndarray | None = None) -> tuple[int, np.ndarray]:
         """`emit_until` with (K, n, W) rows: class planes, as the store keeps them."""
-        row = min(max(row, self.emitted), self.height)
-        start, n = self.emitted, row - self.emitted
+        start, n = self._span(row)
         if out is None:
             out = np.empty((self.classes, n, self.width), dtype=np.float32)
+        self._finish(row, out)
+        return start, out
+
+    def _span(self, row: int) -> tuple[int, int]:
+        """(first row, rows) that emitting until `row` hands on."""
+        row = min(max(row, self.emitted), self.height)
+        return self.emitted, row - self.emitted
+
+    def _finish(self, row: int, planes: np.ndarray) -> None:
+        """Normalise rows [emitted, row) into `planes` ((K, n, W), any strides) and drop them."""
+        row = min(max(row, self.emitted), self.height)
+        n = row - self.emitted
         held = min(n, len(self._weight))
-        _normalise(self._total[:, :held], self._weight[:held], out[:, :held])
-        out[:, held:] = 0
+        _normalise(self._total[:, :held], self._weight[:held], planes[:, :held])
+        planes[:, held:] = 0
         if held:
             # Shift the unfinished rows to the top of the buffer and clear what follows.
             keep = len(self._weight) - held
@@ -223,4 +235,3 @@ class RollingAccumulator(_Sums):
             self._weight[:keep] = self._weight[held:]
             self._weight[keep:] = 0
         self.emitted = row
-        return start, out
