@@ -164,3 +164,22 @@ def test_rolling_accumulator_jumps_over_empty_rows_without_growing():
     start, rows = acc.emit_until(1000)
     assert start == 900 and acc.rows_held == 8
     assert np.allclose(rows[:8], 0.25) and (rows[8:] == 0).all()
+
+
+def test_emit_until_into_rows_equals_emit_planar_bit_for_bit():
+    # emit_until divides straight into (n, W, K) rows (strided class planes): same values as the planes.
+    rng = np.random.default_rng(5)
+    a, b = RollingAccumulator(30, 17, 3, tile=8), RollingAccumulator(30, 17, 3, tile=8)
+    wt = window("gaussian", 8)
+    for r in (0, 6, 12, 18, 22):
+        probs = rng.random((8, 8, 3), dtype=np.float32)
+        for c in (-2, 5, 11):
+            a.add(probs, r, c, wt)
+            b.add(probs, r, c, wt)
+    out = np.full((40, 17, 3), np.nan, np.float32)
+    for until in (6, 12, 30):
+        start = a.emitted
+        a.emit_until(until, out=out[start:until])
+    planes = np.concatenate([b.emit_planar(u)[1] for u in (6, 12, 30)], axis=1)
+    np.testing.assert_array_equal(out[:30], np.moveaxis(planes, 0, -1))
+    assert np.isnan(out[30:]).all()
