@@ -142,10 +142,13 @@ class Memory:
 
 
 def _timed(predict, clock: list[float]):
+    """`predict` adding its wall seconds to clock[0] and its CPU seconds (this thread's) to clock[1]."""
+
     def wrapped(batch):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         out = predict(batch)
         clock[0] += time.perf_counter() - t
+        clock[1] += time.thread_time() - c
         return out
 
     return wrapped
@@ -160,14 +163,14 @@ def tileseg_arm(size: int, batch: int, threads: int) -> tuple[dict, object]:
     img = make_image(size)
     predict = numpy_model()
     predict(np.zeros((1, TILE, TILE, 3), np.float32))  # first call outside the measurement
-    clock = [0.0]
+    clock = [0.0, 0.0]
     with Memory() as mem:
         t = time.perf_counter()
         out = predict_array(
             img, _timed(predict, clock), tile=TILE, overlap=OVERLAP, blend="gaussian", block=None, batch_size=batch
         )
         secs = time.perf_counter() - t
-    return _result("tileseg", secs, clock[0], mem, out.nbytes, img.nbytes), out
+    return _result("tileseg", secs, clock, mem, out.nbytes, img.nbytes), out
 
 
 def monai_arm(size: int, batch: int, threads: int) -> tuple[dict, object]:
@@ -191,7 +194,7 @@ def monai_arm(size: int, batch: int, threads: int) -> tuple[dict, object]:
             out[:, k].add_(bk)
         return out
 
-    clock = [0.0]
+    clock = [0.0, 0.0]
     with torch.inference_mode():
         predict(torch.zeros((1, 3, TILE, TILE)))  # first call outside the measurement
         with Memory() as mem:
@@ -202,16 +205,17 @@ def monai_arm(size: int, batch: int, threads: int) -> tuple[dict, object]:
             )  # fmt: skip
             secs = time.perf_counter() - t
     nbytes = out.element_size() * out.nelement()
-    res = _result("monai", secs, clock[0], mem, nbytes, img.element_size() * img.nelement())
+    res = _result("monai", secs, clock, mem, nbytes, img.element_size() * img.nelement())
     res["versions"] = f"monai {__import__('monai').__version__}, torch {torch.__version__}"
     return res, out[0].numpy().transpose(1, 2, 0)
 
 
-def _result(arm: str, secs: float, model: float, mem: Memory, out_bytes: int, in_bytes: int) -> dict:
+def _result(arm: str, secs: float, model: list[float], mem: Memory, out_bytes: int, in_bytes: int) -> dict:
     return {
         "arm": arm,
         "seconds": secs,
-        "model_seconds": model,
+        "model_seconds": model[0],
+        "model_cpu": model[1],
         "cpu_user": mem.user,
         "cpu_sys": mem.sys,
         "page_faults": mem.faults,
@@ -279,21 +283,23 @@ def cpu(r: dict) -> float:
 def table(best: dict[str, dict], rounds: dict[str, list[float]]) -> str:
     t, m = best["tileseg"], best["monai"]
     lines = [
-        "| arm | best wall s (all rounds) | its CPU s (user + sys) | model s | RSS increase MiB | output MiB | "
-        "working MiB |",
-        "|---|---|---|---|---|---|---|",
+        "| arm | best wall s (all rounds) | model wall s | its CPU s (user + sys) | model CPU s | CPU s without "
+        "model | RSS increase MiB | output MiB | working MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for arm in ("tileseg", "monai"):
         r = best[arm]
         all_s = " / ".join(f"{s:.2f}" for s in rounds[arm])
         lines.append(
-            f"| {arm} | {r['seconds']:.2f} ({all_s}) | {cpu(r):.2f} ({r['cpu_user']:.2f} + {r['cpu_sys']:.2f}) | "
-            f"{r['model_seconds']:.2f} | {mib(r['rss_increase'])} | {mib(r['output_bytes'])} | {mib(r['working'])} |"
+            f"| {arm} | {r['seconds']:.2f} ({all_s}) | {r['model_seconds']:.2f} | {cpu(r):.2f} ({r['cpu_user']:.2f} + "
+            f"{r['cpu_sys']:.2f}) | {r['model_cpu']:.2f} | {cpu(r) - r['model_cpu']:.2f} | {mib(r['rss_increase'])} | "
+            f"{mib(r['output_bytes'])} | {mib(r['working'])} |"
         )
-    stitch_t, stitch_m = t["seconds"] - t["model_seconds"], m["seconds"] - m["model_seconds"]
+    wall = (t["seconds"] - t["model_seconds"]) / (m["seconds"] - m["model_seconds"])
     lines.append(
-        f"| **tileseg / MONAI** | **{t['seconds'] / m['seconds']:.2f}** (without model: {stitch_t / stitch_m:.2f}) | "
-        f"{cpu(t) / cpu(m):.2f} | | | | **{t['working'] / m['working']:.3f}** |"
+        f"| **tileseg / MONAI** | **{t['seconds'] / m['seconds']:.2f}** | (without model: {wall:.2f}) | "
+        f"**{cpu(t) / cpu(m):.2f}** | | **{(cpu(t) - t['model_cpu']) / (cpu(m) - m['model_cpu']):.2f}** | | | "
+        f"**{t['working'] / m['working']:.3f}** |"
     )
     return "\n".join(lines)
 
@@ -324,7 +330,8 @@ def main() -> None:
                 res = spawn(arm, pythons[arm], args, samples[arm])
                 runs[arm].append(res)
                 print(
-                    f"round {i + 1} {arm:8s} {res['seconds']:7.2f} s (model {res['model_seconds']:.2f} s; CPU user "
+                    f"round {i + 1} {arm:8s} {res['seconds']:7.2f} s (model {res['model_seconds']:.2f} s, CPU "
+                    f"{res['model_cpu']:.2f} s; call's CPU user "
                     f"{res['cpu_user']:.2f} sys {res['cpu_sys']:.2f} s, {res['page_faults']} faults), "
                     f"RSS +{mib(res['rss_increase'])} MiB (sampled +{mib(res['rss_increase_sampled'])}), "
                     f"output {mib(res['output_bytes'])} MiB, working {mib(res['working'])} MiB",
@@ -336,7 +343,8 @@ def main() -> None:
     print()
     print(
         f"{args.size}x{args.size}x3 float32, tile {TILE}, overlap {OVERLAP}, gaussian, batch {args.batch}, "
-        f"{args.threads} thread(s), best of {args.rounds}; {runs['monai'][0].get('versions', '')}"
+        f"{args.threads} thread(s), best of {args.rounds}; {runs['monai'][0].get('versions', '')}; "
+        f"NUMPY_MADVISE_HUGEPAGE={os.environ.get('NUMPY_MADVISE_HUGEPAGE', 'unset')}"
     )
     print(table(best, {arm: [r["seconds"] for r in rs] for arm, rs in runs.items()}))
     print()
