@@ -324,3 +324,18 @@ def test_sink_gets_the_same_rows_in_order_a_tile_at_most(case):
         starts = [first for first, _ in calls]
         assert starts == sorted(starts) and all(n <= TILE for _, n in calls)
         assert sum(n for _, n in calls) == r.height
+
+
+def test_zeros_output_is_zeros_without_touching_numpys_huge_page_setting():
+    import tileseg.stitch as stitch
+
+    out = stitch.zeros_output((1100, 1000, 2))  # 8.8 MB: NumPy would hint huge pages for it
+    assert out.shape == (1100, 1000, 2) and out.dtype == np.float32 and out.flags.writeable
+    assert out.flags.c_contiguous and out.flags.owndata and not out.any()
+    if stitch._set_madvise_hugepage is not None:
+        before = stitch._set_madvise_hugepage(True)
+        try:
+            stitch.zeros_output((1100, 1000, 2))
+            assert stitch._set_madvise_hugepage(True) is True, "the setting must be put back"
+        finally:
+            stitch._set_madvise_hugepage(before)

@@ -71,6 +71,29 @@ class TilingSpec:
         )  # fmt: skip
 
 
+# NumPy's switch for its huge-page hint (private, so looked up defensively; without it nothing changes).
+_set_madvise_hugepage = getattr(getattr(getattr(np, "_core", None), "multiarray", None), "_set_madvise_hugepage", None)
+
+
+def zeros_output(shape: tuple[int, ...]) -> np.ndarray:
+    """np.zeros(shape, float32) for a block's or an image's probabilities, on ordinary pages.
+
+    NumPy asks the kernel for transparent huge pages on every allocation of 4 MiB or more.  Where the
+    kernel then compacts memory at the page fault (THP defrag "madvise", a common default), filling a
+    large output cost 3-4x the system time of ordinary pages on the bench machine (10000^2 x 2 classes:
+    2.4-2.6 s against 0.6-0.7 s, bench/monai_stitch.py).  The hint is turned off for this one
+    allocation (the same as NUMPY_MADVISE_HUGEPAGE=0, for this array only).  The output is written once,
+    row by row, so huge pages would save little there.
+    """
+    if _set_madvise_hugepage is None:
+        return np.zeros(shape, dtype=np.float32)
+    previous = _set_madvise_hugepage(False)
+    try:
+        return np.zeros(shape, dtype=np.float32)
+    finally:
+        _set_madvise_hugepage(previous)
+
+
 def _check_pixels(pixels: np.ndarray, valid: np.ndarray | None, read: Window) -> None:
     if pixels.ndim != 3 or pixels.shape[:2] != (read.height, read.width):
         raise ValueError(f"pixels {pixels.shape} must be (h, w, C) covering read window {read}")
@@ -154,7 +177,7 @@ def predict_block(
             raise ValueError(f"predict returned {classes} classes, expected num_classes={num_classes}")
         acc = RollingAccumulator(region.height, region.width, classes, tile)
         if sink is None:
-            out = np.zeros((region.height, region.width, classes), dtype=np.float32)
+            out = zeros_output((region.height, region.width, classes))
         release(final)  # rows whose tiles were all skipped: 0, no buffer growth
 
     def release(until: int) -> None:
@@ -338,7 +361,7 @@ def predict_array_with_counts(
             out = probs  # a single block: no copy
             continue
         if out is None:
-            out = np.zeros((*image.shape[:2], probs.shape[2]), dtype=np.float32)
+            out = zeros_output((*image.shape[:2], probs.shape[2]))
         out[r.row : r.row + r.height, r.col : r.col + r.width] = probs
     assert out is not None  # a plan has at least one block
     return out, total
