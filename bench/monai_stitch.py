@@ -1,6 +1,6 @@
 """Stitching core vs MONAI's `sliding_window_inference`: same image, grid, window and model, in one run.
 
-Each arm runs in a fresh subprocess, alternating (tileseg, MONAI, tileseg, MONAI, ...); the best of
+Each arm runs in a fresh subprocess, alternating (tileseg, MONAI; then MONAI, tileseg; ...); the best of
 --rounds is kept per arm.  tileseg runs in this interpreter (the project's venv, this checkout on
 PYTHONPATH); MONAI in --monai-python, a separate venv (torch and monai are not tileseg dependencies):
 
@@ -23,7 +23,8 @@ batch, 19 ms per batch of 16 here; plane-wise in-place multiply-adds on MONAI's 
 --threads threads for torch, OpenMP, BLAS (NumPy's element-wise work is single-threaded anyway).
 
 Measured per arm: wall time of the stitching call (`predict_array(block=None)` /
-`sliding_window_inference`), of which the model calls took `model s`; the process's peak RSS during the
+`sliding_window_inference`), of which the model calls took `model s`; the call's CPU seconds (user + sys,
+getrusage, all threads) and the model's (thread time), which a loaded machine distorts far less; the process's peak RSS during the
 call minus its RSS right before (the kernel's high-water mark, reset just before the call through
 /proc/self/clear_refs; a 2 ms sampling thread as a fallback and check), and the output's size: working
 memory = that increase minus the output.  The model is per-pixel, so the exact stitched answer is the
