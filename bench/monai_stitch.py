@@ -24,9 +24,10 @@ batch, 19 ms per batch of 16 here; plane-wise in-place multiply-adds on MONAI's 
 
 Measured per arm: wall time of the stitching call (`predict_array(block=None)` /
 `sliding_window_inference`), of which the model calls took `model s`; the call's CPU seconds (user + sys,
-getrusage, all threads) and the model's (thread time), which a loaded machine distorts far less; the process's peak RSS during the
-call minus its RSS right before (the kernel's high-water mark, reset just before the call through
-/proc/self/clear_refs; a 2 ms sampling thread as a fallback and check), and the output's size: working
+getrusage, all threads) and the model's (thread time), which a loaded machine distorts far less; the
+process's peak RSS during the call minus its RSS right before (the kernel's high-water mark, reset just
+before the call through /proc/self/clear_refs; a 2 ms sampling thread as a fallback and check), and the
+output's size: working
 memory = that increase minus the output.  The model is per-pixel, so the exact stitched answer is the
 model applied to the image: both outputs are checked against it and against each other (argmax agreement)
 on a strided subsample.
