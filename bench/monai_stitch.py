@@ -27,10 +27,9 @@ Measured per arm: wall time of the stitching call (`predict_array(block=None)` /
 getrusage, all threads) and the model's (thread time), which a loaded machine distorts far less; the
 process's peak RSS during the call minus its RSS right before (the kernel's high-water mark, reset just
 before the call through /proc/self/clear_refs; a 2 ms sampling thread as a fallback and check), and the
-output's size: working
-memory = that increase minus the output.  The model is per-pixel, so the exact stitched answer is the
-model applied to the image: both outputs are checked against it and against each other (argmax agreement)
-on a strided subsample.
+output's size: working memory = that increase minus the output.  The model is per-pixel, so the exact
+stitched answer is the model applied to the image: both outputs are checked against it and against each
+other (argmax agreement) on a strided subsample.
 """
 
 from __future__ import annotations
