@@ -409,6 +409,20 @@ def test_normalise_uint16_in_float32() -> None:
         normalise(px, [1, 2], 1)
 
 
+def test_normalise_any_memory_layout_the_same(data_dir: Path) -> None:
+    """A band-planar read moved to bands-last (rasterio's usual `np.moveaxis(ds.read(), 0, -1)`) is a
+    strided view; it normalises exactly as its contiguous copy (it once came back unnormalised, so a
+    TilePredictor tile looked as if it depended on its batch-mates)."""
+    planar = np.random.default_rng(1).integers(0, 255, (3, 40, 50)).astype(np.uint8)
+    view = np.moveaxis(planar, 0, -1)[None]
+    assert not view.flags.c_contiguous
+    mean, std = [90.0, 100.0, 110.0], [40.0, 50.0, 60.0]
+    expected = (view.astype(np.float32) - np.float32(mean)) / np.float32(std)
+    np.testing.assert_array_equal(normalise(view, mean, std), expected)
+    np.testing.assert_array_equal(normalise(view, mean, std), normalise(np.ascontiguousarray(view), mean, std))
+    np.testing.assert_array_equal(normalise(view[:, ::2, ::3], mean, std), expected[:, ::2, ::3])
+
+
 def test_check_bands_and_fill_validation(data_dir: Path) -> None:
     info = open_info(data_dir / "rasterio" / "shade.tif")
     assert check_bands(info, None) == (1,)

@@ -48,7 +48,7 @@ def normalise(
     pixels: np.ndarray, mean: Sequence[float] | np.ndarray | float, std: Sequence[float] | np.ndarray | float
 ) -> np.ndarray:
     """(pixels - mean) / std per band (last axis), computed in float32 so uint16 input never overflows."""
-    x = np.asarray(pixels).astype(np.float32, copy=True)
+    x = np.array(pixels, dtype=np.float32, order="C")  # a C-ordered copy: the row view below must be a view
     m = np.asarray(mean, dtype=np.float32)
     s = np.asarray(std, dtype=np.float32)
     if np.any(s == 0):
