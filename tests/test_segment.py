@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import zarr
 
-from tileseg import raster, store
+from tileseg import device, raster, store
 from tileseg.errors import StoreError
 from tileseg.grid import TileGrid, Window
 from tileseg.predict import TilePredictor, to_mask
-from tileseg.segment import SegmentOptions, pool_size, segment
+from tileseg.segment import Compute, SegmentOptions, pool_size, segment
 from tileseg.stitch import predict_array
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +64,10 @@ def test_job_equals_in_memory_prediction_on_the_kampala_scene(ray_local, data_di
     assert phases.plan + phases.startup + phases.run + phases.shutdown <= summary.seconds + 0.5
     assert on_disk["phases"] == {"plan": phases.plan, "startup": phases.startup, "run": phases.run,
                                  "shutdown": phases.shutdown}  # fmt: skip
+    path = "device" if device.wanted() else "numpy"  # numpy on CPU, unless TILESEG_DEVICE_PATH=on
+    precision = device.precision() if path == "device" else "float32"
+    assert summary.compute == Compute(paths=(path,), precisions=(precision,))
+    assert on_disk["compute"] == {"paths": [path], "precisions": list(summary.compute.precisions)}
 
 
 def test_uint16_with_alpha_and_reordered_bands(ray_local, data_dir, tiny_model_path, tmp_path):
