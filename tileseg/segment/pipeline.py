@@ -9,6 +9,8 @@ SIGTERM stop the stream and shut Ray down (tileseg.interrupt).
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import math
 import sys
@@ -117,8 +119,10 @@ def run_stream(
     start = time.time()
     ready = running = 0.0
     stopped = interrupted = None
+    data = _import_in_background("ray.data")  # its two seconds of imports overlap ray.init
     with session:
         rearm()  # ray.init put in its own SIGTERM handler
+        data.join()
         n_actors, gpus, cpus, threads = pool_size(o.actors, o.gpus_per_actor, ray.cluster_resources())
         # Streaming, not flooding: about two blocks per actor in flight (read, queued or being written), so
         # memory stays a few blocks deep however large the input (Ray Data would otherwise read far ahead).
@@ -181,6 +185,20 @@ def run_stream(
         running = time.time()
     ready = min(max(ready, start), running) if ready else running  # an actor's clock may be another node's
     return StreamResult(stopped, start, ready, running, time.time(), interrupted)
+
+
+def _import_in_background(module: str) -> threading.Thread:
+    """Start importing `module` on a daemon thread (join it before use): the driver spends ray.init mostly
+    waiting for Ray's processes, so an import there costs no wall time.  A failed import is left for the
+    main thread's own import to report."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+
+    thread = threading.Thread(target=load, name=f"import {module}", daemon=True)
+    thread.start()
+    return thread
 
 
 class Progress:
