@@ -1,10 +1,12 @@
 """One-tile start-up: `tileseg segment` on a 256x256 chip vs a plain script that imports TensorFlow, loads the
 shipped model and predicts one tile; both fresh processes, alternated in one run, wall time of each.
 
-    .venv/bin/python bench/startup.py [--rounds 3] [--json startup.json]
+    .venv/bin/python bench/startup.py [--rounds 3] [--json startup.json] [--baseline DIR]
 
 Ratio = job wall / plain wall (the issue's goal: <= 1.5).  Timed from process start to exit, so imports,
-Ray start and stop, actor start, model load and the write are all in.
+Ray start and stop, actor start, model load and the write are all in.  `--baseline DIR` also times the job
+of another checkout of tileseg (e.g. `git archive main | tar -x -C DIR`) in the same rounds: before and
+after side by side, under the same load.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", default=str(REPO / "tileseg" / "models" / "default.keras"))
     parser.add_argument("--json", default=None)
+    parser.add_argument("--baseline", default=None, help="another checkout whose job is timed alongside")
     args = parser.parse_args(argv)
 
     import segment as seg  # bench/segment.py: the chip is the scene's top-left 256 x 256
@@ -63,15 +66,26 @@ def main(argv: list[str] | None = None) -> int:
             job = [sys.executable, "-c", cli, "segment", chip, "--out", str(out), "--model", args.model]
             plain = [sys.executable, "-c", PLAIN, args.model, chip]
             j = timed(job, env)
-            p = timed(plain, env)
             shutil.rmtree(out, ignore_errors=True)
-            rows.append({"job_s": j, "plain_s": p, "ratio": j / p})
-            print(f"round {i + 1}: job {j:.1f} s, plain {p:.1f} s, ratio {j / p:.2f} (load {os.getloadavg()[0]:.1f})")
+            p = timed(plain, env)
+            row = {"job_s": j, "plain_s": p, "ratio": j / p, "load": os.getloadavg()[0]}
+            text = f"round {i + 1}: job {j:.1f} s, plain {p:.1f} s, ratio {j / p:.2f}"
+            if args.baseline:
+                b = timed(job, {**env, "PYTHONPATH": str(Path(args.baseline).resolve())})
+                shutil.rmtree(out, ignore_errors=True)
+                row.update(baseline_s=b, baseline_ratio=b / p)
+                text += f"; baseline job {b:.1f} s, ratio {b / p:.2f}"
+            rows.append(row)
+            print(f"{text} (load {row['load']:.1f})", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    best = {"job_s": min(r["job_s"] for r in rows), "plain_s": min(r["plain_s"] for r in rows)}
+    best = {k: min(r[k] for r in rows) for k in ("job_s", "plain_s", *(("baseline_s",) if args.baseline else ()))}
     best["ratio"] = best["job_s"] / best["plain_s"]
-    print(f"best: job {best['job_s']:.1f} s, plain {best['plain_s']:.1f} s, ratio {best['ratio']:.2f}")
+    text = f"best: job {best['job_s']:.1f} s, plain {best['plain_s']:.1f} s, ratio {best['ratio']:.2f}"
+    if args.baseline:
+        best["baseline_ratio"] = best["baseline_s"] / best["plain_s"]
+        text += f"; baseline job {best['baseline_s']:.1f} s, ratio {best['baseline_ratio']:.2f}"
+    print(text)
     if args.json:
         Path(args.json).write_text(json.dumps({"rounds": rows, "best": best}, indent=1))
     return 0

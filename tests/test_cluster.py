@@ -168,6 +168,56 @@ def test_ray_job_submit_to_a_local_head(small_scene, expected, tiny_model_path, 
     assert zarr.open_group(str(out), mode="r")["kampala_crop"].attrs["complete"] is True
 
 
+def test_actor_pool_sized_from_the_nodes_ray_reports(ray_env):
+    """A head without GPUs and a node with 2 CPUs and 2 logical GPUs: one actor per GPU, TF threads = the
+    node's CPUs / its actors, and actors with exactly those claims are placed by Ray, one GPU each."""
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from tileseg.ray_session import refresh_ray_auth
+    from tileseg.segment.pipeline import NodeResources, PoolSize, cluster_nodes, size_pool
+
+    tmp = tempfile.mkdtemp(prefix="tspool-", dir="/tmp")
+    ray_env.setenv("RAY_TMPDIR", tmp)  # as in test_worker_node_killed_mid_job: nothing in /tmp/ray or ~/.ray
+    ray_env.setenv("RAY_AUTH_MODE", "token")
+    ray_env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    refresh_ray_auth()
+    head_args = {"num_cpus": 1, "temp_dir": os.path.join(tmp, "ray"), "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args=head_args)
+    try:
+        cluster.add_node(num_cpus=2, num_gpus=2)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+        nodes = cluster_nodes()
+        assert sorted(nodes, key=lambda n: n.gpus) == [NodeResources(1.0), NodeResources(2.0, 2.0)]
+        size = size_pool(None, None, nodes)
+        assert size == PoolSize(actors=2, gpus_per_actor=1.0, cpus_per_actor=0.5, threads=1, reads_ahead=4)
+
+        @ray.remote
+        class Probe:
+            def gpus(self) -> list:
+                return ray.get_gpu_ids()
+
+        probes = [
+            Probe.options(num_cpus=size.cpus_per_actor, num_gpus=size.gpus_per_actor).remote()
+            for _ in range(size.actors)
+        ]
+        ids = ray.get([p.gpus.remote() for p in probes], timeout=120)
+        assert sorted(len(i) for i in ids) == [1, 1] and {i[0] for i in ids} == {0, 1}
+        # a read task (half a CPU) still finds room on the GPU node beside both actors
+        gpu_node = next(n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU"))
+        here = NodeAffinitySchedulingStrategy(gpu_node, soft=False)
+        node_of = ray.remote(num_cpus=0.5)(lambda: ray.get_runtime_context().get_node_id())
+        read = node_of.options(scheduling_strategy=here)
+        assert ray.get(read.remote(), timeout=120) == gpu_node
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        _kill_tree(None, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def test_worker_node_killed_mid_job(small_scene, expected, tiny_model_path, tmp_path, ray_env):
     """Two worker nodes with logical GPUs; one is removed mid-job; the output equals a clean run."""
     from ray.cluster_utils import Cluster

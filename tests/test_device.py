@@ -63,3 +63,26 @@ def test_device_path_switch(monkeypatch):
     monkeypatch.setenv(device.ENV, "sometimes")
     with pytest.raises(ValueError, match="auto, on or off"):
         device.wanted()
+
+
+@pytest.mark.parametrize(("mode", "path"), [("off", "numpy"), ("on", "device")])
+def test_actor_records_path_and_precision(monkeypatch, data_dir, tiny_model_path, mode, path):
+    """The model actor says how it ran each block (the job's summary.json lists it): on CPU always float32,
+    the path as TILESEG_DEVICE_PATH forces it; the mask is the same either way."""
+    from tileseg.segment.actor import ActorPlan, BlockPredictor
+    from tileseg.segment.report import Compute
+    from tileseg.segment.work import WorkItem
+
+    monkeypatch.setenv(device.ENV, mode)
+    image = str(data_dir / "rasterio" / "RGB.byte.tif")
+    info = raster.open_info(image)
+    block = plan_blocks(info.height, info.width, tile=256, overlap=64, block=512, chunk=512)[0]
+    pixels, valid = raster.read_window(image, block.read, bands=(1, 2, 3))
+    actor = BlockPredictor(tiny_model_path.read_bytes(), ActorPlan(TILING, probabilities=False, threads=2))
+    item = WorkItem(image=0, path=image, group="g", block=block, pixels=pixels, valid=None if valid.all() else valid)
+    done = actor.predict(item)
+    assert not done.error and done.tiles_run > 0
+    assert (done.compute, done.precision) == (path, "float32")
+    assert Compute().merge(done) == Compute(paths=(path,), precisions=("float32",))
+    reference, _, _ = segment_block(actor.predictor, pixels, item.valid, block, TILING)
+    np.testing.assert_array_equal(done.mask, reference)

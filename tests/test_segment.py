@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import zarr
 
-from tileseg import raster, store
+from tileseg import device, raster, store
 from tileseg.errors import StoreError
 from tileseg.grid import TileGrid, Window
 from tileseg.predict import TilePredictor, to_mask
-from tileseg.segment import SegmentOptions, pool_size, segment
+from tileseg.segment import Compute, SegmentOptions, pool_size, segment
+from tileseg.segment.pipeline import NodeResources, PoolSize, size_pool
 from tileseg.stitch import predict_array
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +65,10 @@ def test_job_equals_in_memory_prediction_on_the_kampala_scene(ray_local, data_di
     assert phases.plan + phases.startup + phases.run + phases.shutdown <= summary.seconds + 0.5
     assert on_disk["phases"] == {"plan": phases.plan, "startup": phases.startup, "run": phases.run,
                                  "shutdown": phases.shutdown}  # fmt: skip
+    path = "device" if device.wanted() else "numpy"  # numpy on CPU, unless TILESEG_DEVICE_PATH=on
+    precision = device.precision() if path == "device" else "float32"
+    assert summary.compute == Compute(paths=(path,), precisions=(precision,))
+    assert on_disk["compute"] == {"paths": [path], "precisions": list(summary.compute.precisions)}
 
 
 def test_uint16_with_alpha_and_reordered_bands(ray_local, data_dir, tiny_model_path, tmp_path):
@@ -172,6 +177,49 @@ def test_pool_size_never_claims_every_cpu():
     assert actors == 2 and 2 * cpus < 2
     actors, gpus, cpus, _ = pool_size(None, 0.5, {"CPU": 8, "GPU": 2})
     assert actors == 4 and gpus == 0.5 and 4 * cpus < 8
+
+
+def _claims_fit(size: PoolSize, nodes: list[NodeResources]) -> bool:
+    """Whether every node that can hold an actor keeps CPU for the read and write tasks at full density."""
+    for n in nodes:
+        dense = int(n.gpus / size.gpus_per_actor + 1e-9) if size.gpus_per_actor else max(1, int(n.cpus // 8))
+        if min(dense, size.actors) and size.cpus_per_actor * min(dense, size.actors) >= n.cpus:
+            return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("nodes", "expected"),
+    [
+        # one actor per GPU, on the GPU nodes only; TF threads = the node's CPUs / its actors; 4 reads ahead
+        ([NodeResources(8), NodeResources(16, 1), NodeResources(16, 1)], PoolSize(2, 1.0, 8.0, 16, 4)),
+        ([NodeResources(32, 4)], PoolSize(4, 1.0, 7.75, 8, 4)),
+        ([NodeResources(2, 1)], PoolSize(1, 1.0, 1.0, 2, 4)),
+        ([NodeResources(4, 0.5)], PoolSize(1, 0.5, 3.0, 4, 4)),  # a shared (fractional) GPU: one actor
+        # CPU only: 8 CPUs per actor, at least one per node; sized for the node where actors are densest
+        ([NodeResources(2)], PoolSize(1, 0.0, 1.0, 2, 2)),
+        ([NodeResources(16), NodeResources(16)], PoolSize(4, 0.0, 7.5, 8, 2)),
+        ([NodeResources(64)], PoolSize(8, 0.0, 7.875, 8, 2)),
+    ],
+)
+def test_pool_sized_from_the_nodes(nodes, expected):
+    size = size_pool(None, None, nodes)
+    assert size == expected
+    assert _claims_fit(size, nodes)
+
+
+def test_pool_sizing_follows_the_options():
+    # --gpus-per-actor 0.5 on two 1-GPU nodes: four actors, two per node
+    nodes = [NodeResources(1), NodeResources(4, 1), NodeResources(4, 1)]
+    assert size_pool(None, 0.5, nodes) == PoolSize(4, 0.5, 1.5, 2, 4)
+    # --actors 1 on a 4-GPU node: the one actor gets all the node's threads
+    assert size_pool(1, None, [NodeResources(32, 4)]) == PoolSize(1, 1.0, 8.0, 32, 4)
+    # --gpus-per-actor 1 before any GPU node is up (an autoscaling cluster): one actor, sized on what is there
+    assert size_pool(None, 1, [NodeResources(4)]) == PoolSize(1, 1.0, 3.0, 4, 4)
+    # --actors 3 on CPU nodes of 8 and 16 CPUs: spread by CPUs, rounded up (1 and 2 per node)
+    size = size_pool(3, None, [NodeResources(8), NodeResources(16)])
+    assert size == PoolSize(3, 0.0, 7.0, 8, 2)
+    assert size_pool(None, None, []) == PoolSize(1, 0.0, 0.5, 1, 2)  # no node reported: one small actor
 
 
 def test_cli_help_explains_the_options():

@@ -31,12 +31,13 @@ from tileseg.ray_session import RaySession
 from tileseg.segment.options import DESCRIPTION, Resolved, SegmentOptions, check_nodes, resolve
 from tileseg.segment.pipeline import alive_nodes, job_session, pool_size, run_stream
 from tileseg.segment.plan import JobPlan, plan_job, prepare_store, range_warning, survey
-from tileseg.segment.report import ImageReport, Phases, Summary, print_summary
+from tileseg.segment.report import Compute, ImageReport, Phases, Summary, print_summary
 from tileseg.segment.stages import read_block, read_stage, write_block, write_stage
 from tileseg.segment.work import WorkItem
 
 __all__ = [
     "COMMAND",
+    "Compute",
     "ImageReport",
     "Phases",
     "RaySession",
@@ -95,6 +96,7 @@ def _segment(job: Resolved, t0: float, session: RaySession, ray_s: float) -> Sum
     reports: list[ImageReport] = []
     skipped: list[ImageReport] = []
     stopped, phases, interrupted, prepared = None, Phases(startup=ray_s), None, False
+    compute = Compute()
     try:
         found = survey(job)  # every header read and checked: nothing touched yet
         hold()  # clearing and creating the store is not cut short by a signal
@@ -107,7 +109,7 @@ def _segment(job: Resolved, t0: float, session: RaySession, ray_s: float) -> Sum
         plan_s = time.monotonic() - t0 - ray_s
         phases = Phases(plan=plan_s, startup=ray_s)
         if plan.items and not (options.fail_fast and any(r.status == "failed" for r in reports)):
-            stopped, phases, interrupted = _run(job, plan, reports, plan_s, session, ray_s)
+            stopped, phases, interrupted, compute = _run(job, plan, reports, plan_s, session, ray_s)
     except Interrupted as exc:
         interrupted = exc
     hold()  # from here on a signal waits for the summary
@@ -121,7 +123,7 @@ def _segment(job: Resolved, t0: float, session: RaySession, ray_s: float) -> Sum
         message = f"interrupted: {written} of {total} blocks written; rerun with --resume"
     summary = Summary.of(
         job.out, reports, skipped, time.monotonic() - t0, job.settings(), job.model_identity(), phases,
-        message=message, interrupted=interrupted is not None,
+        message=message, interrupted=interrupted is not None, compute=compute,
     )  # fmt: skip
     contract.write_run_file(job.out, contract.SUMMARY_FILE, json.dumps(json_safe(summary.to_dict()), indent=2))
     if options.progress:
@@ -143,19 +145,22 @@ def _segment(job: Resolved, t0: float, session: RaySession, ray_s: float) -> Sum
 
 def _run(
     job: Resolved, plan: JobPlan, reports: list[ImageReport], plan_s: float, session: RaySession, ray_s: float
-) -> tuple[str | None, Phases, Interrupted | None]:
+) -> tuple[str | None, Phases, Interrupted | None, Compute]:
     """Stream the plan on Ray, folding finished blocks into `reports`; (why it stopped early, phases, the
-    signal that stopped it)."""
+    signal that stopped it, how the model ran)."""
+    compute = Compute()
 
     def fold(item: WorkItem) -> str | None:
+        nonlocal compute
         reports[item.image].add(item)
+        compute = compute.merge(item)
         if item.error and job.options.fail_fast:
             return f"stopped by --fail-fast: {item.error}"
         return None
 
     s = run_stream(job, plan, fold, session)
     phases = Phases(plan_s, ray_s + s.ready - s.start, s.running - s.ready, s.end - s.running)
-    return s.stopped, phases, s.interrupted
+    return s.stopped, phases, s.interrupted, compute
 
 
 def _finish(job: Resolved, reports: list[ImageReport], stopped: str | None, interrupted: bool) -> tuple[int, int]:

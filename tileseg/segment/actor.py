@@ -91,7 +91,7 @@ class BlockPredictor:
         if item.error:
             return done
         try:
-            unc = None
+            unc, compute, precision = None, "numpy", "float32"
             if self.plan.layered or item.scale != 1.0:
                 out = infer_block(
                     self.predictor, item.pixels, item.valid, item.block, self.plan.tiling, tta=self.plan.tta,
@@ -103,6 +103,7 @@ class BlockPredictor:
                 mask, prob, counts = self.device.run(
                     item.pixels, item.valid, item.block, probabilities=self.plan.probabilities
                 )
+                compute, precision = "device", self.device.dtype
             else:
                 mask, prob, counts = segment_block(
                     self.predictor, item.pixels, item.valid, item.block, self.plan.tiling,
@@ -118,6 +119,8 @@ class BlockPredictor:
             tiles_run=counts.run,
             tiles_skipped=counts.skipped,
             predict_s=time.perf_counter() - start,
+            compute=compute,
+            precision=precision,
         )
 
     def resampled(self, item: WorkItem) -> ResampledBlock | None:

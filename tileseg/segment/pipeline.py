@@ -1,20 +1,22 @@
 """The Ray side of the job: size the actor pool, stream the work items through Ray Data, watch for stalls.
 
-read (CPU tasks) -> predict (the actor pool, GPUs when present) -> write (CPU tasks), with reading at
-most about two blocks per actor ahead of the model. The driver folds each finished item into the
-image reports as it arrives and keeps one live progress line. A watchdog stops a job that makes no progress
-(blocks back, or tiles predicted, reported by the actors through a small Heartbeat actor); Ctrl-C and
-SIGTERM stop the stream and shut Ray down (tileseg.interrupt).
+read (CPU tasks) -> predict (the actor pool, GPUs when present, sized by `size_pool` from the nodes Ray
+reports) -> write (CPU tasks), with reading a few blocks per actor ahead of the model. The driver folds
+each finished item into the image reports as it arrives and keeps one live progress line. A watchdog
+stops a job that makes no progress (blocks back, or tiles predicted, reported by the actors through a
+small Heartbeat actor); Ctrl-C and SIGTERM stop the stream and shut Ray down (tileseg.interrupt).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import math
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -82,27 +84,86 @@ class Heartbeat:
         return self.ready, self.tiles
 
 
+@dataclass(frozen=True)
+class NodeResources:
+    """What one alive Ray node offers (its total CPUs and GPUs, logical ones included)."""
+
+    cpus: float
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class PoolSize:
+    """How the model actors are sized: how many, what each claims from Ray, its TensorFlow threads, and how
+    many blocks may be read ahead of each (Ray Data's object-store budget)."""
+
+    actors: int
+    gpus_per_actor: float  # 0: CPU actors
+    cpus_per_actor: float  # what each actor claims from Ray (never every CPU of a node)
+    threads: int  # TensorFlow intra-op threads per actor
+    reads_ahead: int  # blocks read (or queued) per actor ahead of the model
+
+
+# A CPU actor's width: on CPU a few wide actors beat many narrow ones.
+CPU_ACTOR_WIDTH = 8
+# Blocks in flight per actor: a GPU actor eats blocks far faster than one reader makes them, so several
+# reads run ahead of it; a CPU actor is slower than its reader, and two keep it busy.
+READS_AHEAD_GPU, READS_AHEAD_CPU = 4, 2
+
+
+def cluster_nodes() -> tuple[NodeResources, ...]:
+    """The alive nodes of the connected Ray and their total CPUs and GPUs."""
+    import ray
+
+    return tuple(
+        NodeResources(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+        for n in ray.nodes()
+        if n.get("Alive")
+    )
+
+
+def size_pool(actors: int | None, gpus_per_actor: float | None, nodes: Sequence[NodeResources]) -> PoolSize:
+    """Size the actor pool from the options (None: not given) and the nodes Ray reports.
+
+    With GPUs (any node has one, or --gpus-per-actor > 0): one actor per GPU by default (or per
+    `gpus_per_actor` share), on the nodes that have them. Without: `CPU_ACTOR_WIDTH` CPUs per actor, at
+    least one per node. Per actor, TensorFlow gets the CPUs of its node divided by the actors that node
+    may hold, and the Ray claim leaves a CPU of every node to the read and write tasks (or the job would
+    wait forever); both are sized for the node where actors are densest, as Ray may place them anywhere
+    they fit.
+    """
+    nodes = [n for n in nodes if n.cpus > 0 or n.gpus > 0] or [NodeResources(1.0)]
+    if gpus_per_actor is None:
+        most = max(n.gpus for n in nodes)
+        gpus_per_actor = 1.0 if most >= 1 else most  # a fractional GPU (a shared one): one actor on it
+    if gpus_per_actor > 0:
+        slots = {i: int(n.gpus / gpus_per_actor + 1e-9) for i, n in enumerate(nodes)}
+        if actors is None:
+            actors = max(1, sum(slots.values()))
+        # The densest each GPU node can get (no GPU node up yet, as on an autoscaling cluster: any node).
+        dense = {i: min(k, actors) for i, k in slots.items() if k > 0} or dict.fromkeys(range(len(nodes)), actors)
+        reads_ahead = READS_AHEAD_GPU
+    else:
+        if actors is None:
+            dense = {i: max(1, int(n.cpus // CPU_ACTOR_WIDTH)) for i, n in enumerate(nodes)}
+            actors = sum(dense.values())
+        else:  # spread in proportion to CPUs, rounded up: the share of the node where they are densest
+            total = sum(n.cpus for n in nodes) or 1.0
+            dense = {i: max(1, math.ceil(actors * n.cpus / total)) for i, n in enumerate(nodes)}
+        reads_ahead = READS_AHEAD_CPU
+    cpus_per_actor = min(max(nodes[i].cpus - 1.0, 0.5) / k for i, k in dense.items())
+    threads = min(max(1, round(nodes[i].cpus / k)) for i, k in dense.items())
+    return PoolSize(
+        int(actors), float(gpus_per_actor), max(min(cpus_per_actor, float(CPU_ACTOR_WIDTH)), 0.25), threads, reads_ahead
+    )
+
+
 def pool_size(
     actors: int | None, gpus_per_actor: float | None, resources: Mapping[str, float]
 ) -> tuple[int, float, float, int]:
-    """(actors, GPUs per actor, CPUs per actor, TF threads) from the options and the cluster's resources.
-
-    Actors never claim every CPU: the read and write tasks must always find one, or the job would
-    wait forever.
-    """
-    cpus = float(resources.get("CPU", 1))
-    gpus = float(resources.get("GPU", 0))
-    if gpus_per_actor is None:
-        gpus_per_actor = 1.0 if gpus >= 1 else (gpus if gpus > 0 else 0.0)
-    if gpus_per_actor > 0:
-        if actors is None:
-            actors = max(1, int(gpus // gpus_per_actor))
-    elif actors is None:
-        actors = max(1, int(cpus // 8))  # on CPU, a few wide actors beat many narrow ones
-    spare = max(cpus - 1.0, 0.5)  # keep one CPU for reading and writing
-    cpus_per_actor = max(min(spare / actors, 8.0), 0.25)
-    threads = max(1, int(round(cpus / actors)))
-    return int(actors), float(gpus_per_actor), cpus_per_actor, threads
+    """(actors, GPUs per actor, CPUs per actor, TF threads) for one node offering `resources` (`size_pool`)."""
+    size = size_pool(actors, gpus_per_actor, [NodeResources(resources.get("CPU", 1), resources.get("GPU", 0))])
+    return size.actors, size.gpus_per_actor, size.cpus_per_actor, size.threads
 
 
 def run_stream(
@@ -117,14 +178,16 @@ def run_stream(
     start = time.time()
     ready = running = 0.0
     stopped = interrupted = None
+    data = _import_in_background("ray.data")  # its two seconds of imports overlap ray.init
     with session:
         rearm()  # ray.init put in its own SIGTERM handler
-        n_actors, gpus, cpus, threads = pool_size(o.actors, o.gpus_per_actor, ray.cluster_resources())
-        # Streaming, not flooding: about two blocks per actor in flight (read, queued or being written), so
-        # memory stays a few blocks deep however large the input (Ray Data would otherwise read far ahead).
-        budget = plan.block_bytes * (2 * n_actors + 2)
+        data.join()
+        size = size_pool(o.actors, o.gpus_per_actor, cluster_nodes())
+        # Streaming, not flooding: a few blocks per actor in flight (read, queued or being written), so memory
+        # stays a few blocks deep however large the input (Ray Data would otherwise read far ahead).
+        budget = plan.block_bytes * (size.reads_ahead * size.actors + 2)
         actor_plan = ActorPlan(
-            job.tiling, o.probabilities, threads, str(job.model_path), tta=o.tta, uncertainty=o.uncertainty
+            job.tiling, o.probabilities, size.threads, str(job.model_path), tta=o.tta, uncertainty=o.uncertainty
         )
         bar = Progress(len(plan.items), plan.tiles, enabled=o.progress)
         env = session.runtime_env  # None on an embedded Ray: its workers already have worker_env
@@ -143,9 +206,9 @@ def run_stream(
                         fn_constructor_args=(ray.put(job.model_path.read_bytes()), actor_plan, heartbeat),
                         batch_size=1,
                         batch_format="numpy",
-                        compute=ray.data.ActorPoolStrategy(size=n_actors),
-                        num_cpus=cpus,
-                        num_gpus=gpus or None,  # Ray Data restarts dead actors and retries their blocks
+                        compute=ray.data.ActorPoolStrategy(size=size.actors),
+                        num_cpus=size.cpus_per_actor,
+                        num_gpus=size.gpus_per_actor or None,  # Ray Data restarts dead actors, retries their blocks
                         runtime_env=env,
                     )
                     .map(write_stage, fn_kwargs={"out": job.out}, num_cpus=0.5, runtime_env=env)
@@ -181,6 +244,20 @@ def run_stream(
         running = time.time()
     ready = min(max(ready, start), running) if ready else running  # an actor's clock may be another node's
     return StreamResult(stopped, start, ready, running, time.time(), interrupted)
+
+
+def _import_in_background(module: str) -> threading.Thread:
+    """Start importing `module` on a daemon thread (join it before use): the driver spends ray.init mostly
+    waiting for Ray's processes, so an import there costs no wall time.  A failed import is left for the
+    main thread's own import to report."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+
+    thread = threading.Thread(target=load, name=f"import {module}", daemon=True)
+    thread.start()
+    return thread
 
 
 class Progress:

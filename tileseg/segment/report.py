@@ -1,7 +1,8 @@
 """What a run did: per-image reports folded from finished work items, the typed Summary, the printed table.
 
 `Summary` is what `segment()` returns and what summary.json holds (`Summary.to_dict`), with the run's
-phase timings (plan, startup = Ray and actors ready, run, shutdown).
+phase timings (plan, startup = Ray and actors ready, run, shutdown) and how the model ran (`Compute`: the
+numpy or device path, float32 or bfloat16).
 """
 
 from __future__ import annotations
@@ -104,6 +105,34 @@ class Phases:
 
 
 @dataclass(frozen=True)
+class Compute:
+    """How the model actually ran on the blocks predicted in this run, each value seen listed once (sorted).
+
+    `paths`: "numpy" (TilePredictor and the NumPy stitching core) or "device" (the whole block in TensorFlow,
+    `tileseg.device`: on GPUs, or where TILESEG_DEVICE_PATH=on); `precisions`: "float32", or "bfloat16"
+    (mixed precision, the device path on GPUs of compute capability >= 8.0). More than one value when blocks
+    or actors differed (TTA, uncertainty and resampled blocks stay on the NumPy path; a cluster may mix
+    GPUs). Empty when no block was predicted.
+    """
+
+    paths: tuple[str, ...] = ()
+    precisions: tuple[str, ...] = ()
+
+    def merge(self, item: WorkItem) -> Compute:
+        """This record with one more finished item folded in (unchanged for an item the model did not run on)."""
+        if not item.compute or (item.compute in self.paths and item.precision in self.precisions):
+            return self
+        paths = tuple(sorted({*self.paths, item.compute}))
+        return Compute(paths, tuple(sorted({*self.precisions, item.precision})))
+
+    def describe(self) -> str:
+        """One line for the printed summary, e.g. "numpy path, float32"."""
+        if not self.paths:
+            return "no block predicted"
+        return f"{' + '.join(self.paths)} path, {' + '.join(self.precisions)}"
+
+
+@dataclass(frozen=True)
 class Summary:
     """What `segment()` returns and summary.json records.
 
@@ -121,11 +150,13 @@ class Summary:
     phases: Phases
     status: str = "done"
     message: str | None = None
+    compute: Compute = Compute()
 
     @classmethod
     def of(cls, store: str, reports: list[ImageReport], skipped: list[ImageReport], seconds: float,
            settings: Mapping[str, Any], model: Mapping[str, Any], phases: Phases, *,
-           message: str | None = None, interrupted: bool = False) -> Summary:  # fmt: skip
+           message: str | None = None, interrupted: bool = False,
+           compute: Compute | None = None) -> Summary:  # fmt: skip
         """The summary of the images' reports (discovered images first, then inputs skipped as not images)."""
         totals = Totals(
             images=len(reports),
@@ -139,7 +170,10 @@ class Summary:
         ok = bool(reports) and all(r.status == "done" for r in reports) and not interrupted
         status = "interrupted" if interrupted else ("done" if ok else "failed")
         images = tuple(r.result() for r in reports + skipped)
-        return cls(store, ok, round(seconds, 3), dict(settings), dict(model), images, totals, phases, status, message)
+        return cls(
+            store, ok, round(seconds, 3), dict(settings), dict(model), images, totals, phases, status, message,
+            compute or Compute(),
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """summary.json's content."""
@@ -175,6 +209,7 @@ def print_summary(summary: Summary) -> None:
     out.append(
         f"phases: plan {p.plan:.1f} s, start-up {p.startup:.1f} s, run {p.run:.1f} s, shutdown {p.shutdown:.1f} s"
     )
+    out.append(f"model ran on: {summary.compute.describe()}")
     done = [r for r in rows if r.status == "done"]
     if done:
         out.append("Open it with:")

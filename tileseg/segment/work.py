@@ -23,10 +23,12 @@ _PIXELS, _VALID, _MASK, _PROB = "work.pixels", "work.valid", "work.mask", "work.
 _RUN, _SKIPPED, _ERROR = "work.tiles_run", "work.tiles_skipped", "work.error"
 _READ_S, _PREDICT_S, _WRITE_S, _READY = "work.read_s", "work.predict_s", "work.write_s", "work.actor_ready"
 _UNCERTAINTY, _SCALE, _SHAPE = "work.uncertainty", "work.scale", "work.image_shape"
+_COMPUTE, _PRECISION = "work.compute", "work.precision"
 
 ROW_KEYS = (
     *(_IMAGE, _PATH, _GROUP, _INDEX, _REGION, _READ, _ROWS, _COLS, _PIXELS, _VALID, _MASK, _PROB),
     *(_RUN, _SKIPPED, _ERROR, _READ_S, _PREDICT_S, _WRITE_S, _READY, _UNCERTAINTY, _SCALE, _SHAPE),
+    *(_COMPUTE, _PRECISION),
 )
 
 _EMPTY = {
@@ -47,6 +49,8 @@ class WorkItem:
     `actor_ready` is when (time.time()) the actor that predicted it had loaded its model. With `scale` != 1
     the model runs on a resampled grid (`tileseg.resample`): `block.read` is then the image window that
     grid needs, `block.tile_rows/cols` are the model grid's, and `image_shape` is the image's (H, W).
+    `compute` and `precision` say how the actor ran the model on it ("numpy" or "device", "float32" or
+    "bfloat16"; empty until predicted).
     """
 
     image: int  # index of the image in the job's plan
@@ -67,6 +71,8 @@ class WorkItem:
     uncertainty: np.ndarray | None = None
     scale: float = 1.0
     image_shape: tuple[int, int] = (0, 0)
+    compute: str = ""
+    precision: str = ""
 
     @property
     def seconds(self) -> float:
@@ -98,6 +104,8 @@ class WorkItem:
             _READY: self.actor_ready,
             _SCALE: self.scale,
             _SHAPE: list(self.image_shape),
+            _COMPUTE: self.compute,
+            _PRECISION: self.precision,
         }
         arrays = (_PIXELS, self.pixels), (_VALID, self.valid), (_MASK, self.mask), (_PROB, self.probability)
         for key, value in (*arrays, (_UNCERTAINTY, self.uncertainty)):
@@ -135,6 +143,8 @@ class WorkItem:
             predict_s=float(row[_PREDICT_S]),
             write_s=float(row[_WRITE_S]),
             actor_ready=float(row[_READY]),
+            compute=str(row[_COMPUTE] or ""),
+            precision=str(row[_PRECISION] or ""),
         )
 
 
@@ -153,7 +163,7 @@ def batch_of_items(items: Sequence[WorkItem]) -> dict[str, np.ndarray]:
 def _column(values: list[Any], key: str) -> np.ndarray:
     if key in (_REGION, _READ, _ROWS, _COLS, _SHAPE) and len({len(v) for v in values}) == 1:
         return np.asarray(values, dtype=np.int64)  # equal lengths: one 2-D integer column
-    if key in _EMPTY or key in (_REGION, _READ, _ROWS, _COLS, _SHAPE, _PATH, _GROUP, _ERROR):
+    if key in _EMPTY or key in (_REGION, _READ, _ROWS, _COLS, _SHAPE, _PATH, _GROUP, _ERROR, _COMPUTE, _PRECISION):
         column = np.empty(len(values), dtype=object)
         for i, v in enumerate(values):
             column[i] = np.asarray(v, np.int64) if isinstance(v, list) else v
