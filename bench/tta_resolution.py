@@ -23,7 +23,7 @@ from tileseg.grid import Window  # noqa: E402
 from tileseg.metrics import class_scores, confusion_matrix  # noqa: E402
 from tileseg.predict import TilePredictor, infer_block  # noqa: E402
 from tileseg.raster import open_info, read_window  # noqa: E402
-from tileseg.resample import ResampledBlock  # noqa: E402
+from tileseg.resample import ResampledBlock, auto_scale  # noqa: E402
 from tileseg.stitch import TilingSpec  # noqa: E402
 from tileseg.tta import TTA_MODES  # noqa: E402
 
@@ -75,8 +75,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", choices=("resolution", "tta", "both"), default="both")
     ap.add_argument("--zooms", type=int, nargs="+", default=[19, 20, 21], help="zoom levels for --only resolution")
+    ap.add_argument("--model", default=None, help="the artifact (default: the shipped model)")
     a = ap.parse_args()
-    model = resolve_model(None)
+    model = resolve_model(a.model)
     # One tile per model call (x the transforms, as the actor does): a chip holds few tiles, and a padded
     # batch would cost the same whatever the TTA, hiding its price.
     tiling = TilingSpec(tile=256, overlap=64, batch_size=1)
@@ -87,24 +88,24 @@ def main() -> None:
 
     if a.only in ("resolution", "both"):
         pred = warm(TilePredictor(model, batch_size=tiling.batch_size, threads=a.threads))
-        model_gsd = pred.meta.gsd
-        if model_gsd is None:  # the artifact records none: the median GSD of its training chips
-            model_gsd = statistics.median(open_info(str(p)).gsd for p, _ in train)
-            out.append(
-                f"Training GSD (median ImageInfo.gsd of kampala/train, {len(train)} chips): {model_gsd:.4f} m/px"
-            )
+        span = pred.meta.gsd_span  # what `--resample auto` resamples to (tileseg.resample.auto_scale)
+        if span is None:  # the artifact records none: the median GSD of its training chips
+            g = statistics.median(open_info(str(p)).gsd for p, _ in train)
+            span = (g, g)
+            out.append(f"Training GSD (median ImageInfo.gsd of kampala/train, {len(train)} chips): {g:.4f} m/px")
+        out.append(f"Model GSD range: {span[0]:.4f}-{span[1]:.4f} m/px")
         chips = train + val
-        out += ["", "| zoom | chips | GSD m/px | factor | building IoU none | building IoU resampled | time ratio |"]
+        out += ["", "| zoom | chips | GSD m/px | auto factor | building IoU none | building IoU auto | time ratio |"]
         out.append("|---|---:|---:|---:|---:|---:|---:|")
         for z in a.zooms:
             zc = [c for c in chips if zoom(c[0]) == z]
             gsd = statistics.median(open_info(str(p)).gsd for p, _ in zc)
-            factor = float(f"{model_gsd / gsd:.4g}")
+            factor = auto_scale(gsd, span)
             base = score(pred, zc, tiling)
-            if abs(factor - 1) < 0.01:
-                out.append(f"| {z} | {len(zc)} | {gsd:.4f} | 1 | {base['iou']:.4f} | (native) | 1.00 |")
+            if factor == 1.0:  # inside the model's range: auto is the image's own grid, the same mask
+                out.append(f"| {z} | {len(zc)} | {gsd:.4f} | 1 | {base['iou']:.4f} | (same) | 1.00 |")
                 continue
-            res = score(pred, zc, tiling, scale_of=lambda p, g=model_gsd: float(f"{g / open_info(str(p)).gsd:.4g}"))
+            res = score(pred, zc, tiling, scale_of=lambda p, s=span: auto_scale(open_info(str(p)).gsd, s))
             ratio = res["seconds"] / base["seconds"]
             out.append(
                 f"| {z} | {len(zc)} | {gsd:.4f} | {factor:g} | {base['iou']:.4f} | {res['iou']:.4f} | {ratio:.2f} |"

@@ -215,3 +215,9 @@ def test_metadata_round_trips_unknown_keys_and_scores():
         ModelMeta.from_dict({**GOOD, "normalisation": "per-pixel"})
     with pytest.raises(ArtifactError, match="gsd"):
         ModelMeta.from_dict({**GOOD, "gsd": -1})
+    assert meta.gsd_range is None and meta.gsd_span == (0.07, 0.07)  # older artifacts: the median alone
+    ranged = ModelMeta.from_dict({**d, "gsd_range": [0.07, 0.3]})
+    assert ranged.gsd_span == (0.07, 0.3) and ModelMeta.from_dict(ranged.to_dict()) == ranged
+    for bad in ([0.3, 0.07], [0.07], [0.07, -1], "0.07"):
+        with pytest.raises(ArtifactError, match="gsd_range"):
+            ModelMeta.from_dict({**d, "gsd_range": bad})

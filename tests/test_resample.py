@@ -108,3 +108,37 @@ def test_a_scale_that_is_not_positive_is_refused():
         taps(10, 0.0, 0, 5)
     with pytest.raises(ValueError, match="does not hold every tap"):
         resample(np.zeros((4, 4, 1)), None, taps(8, 2.0, 0, 4), taps(8, 2.0, 0, 4))
+
+
+def test_auto_scale_leaves_an_image_inside_the_models_gsd_range_alone_and_brings_others_to_its_nearest_end():
+    from tileseg.resample import auto_scale, gsd_mismatch
+
+    span = (0.07, 0.30)  # a model trained on drone chips at zoom 19..21
+    assert auto_scale(0.15, span) == 1.0 and gsd_mismatch(0.15, span) == 1.0
+    assert auto_scale(0.0705, span) == 1.0  # within 1% of its own grid: not resampled
+    assert auto_scale(0.6, span) == pytest.approx(0.5)  # 0.6 m/px upsampled 2x to 0.30
+    assert auto_scale(0.035, span) == pytest.approx(2.0)  # 3.5 cm/px averaged 2x2 to 7 cm
+    assert gsd_mismatch(0.6, span) == pytest.approx(2.0) and gsd_mismatch(0.035, span) == pytest.approx(2.0)
+    assert auto_scale(0.3, (0.075, 0.075)) == pytest.approx(0.25)  # a model with one GSD: to that one
+
+
+def test_the_resolved_job_resamples_and_warns_against_the_models_gsd_range(tiny_model_path, tmp_path):
+    """`scale_for` as planning calls it: an artifact with a range, and an older one with a median only."""
+    from dataclasses import replace
+
+    from tileseg.raster import ImageInfo
+    from tileseg.segment.options import SegmentOptions, resolve
+
+    def info(gsd: float) -> ImageInfo:  # a UTM image at this GSD
+        return ImageInfo("x.tif", 64, 64, 3, "uint8", "EPSG:32636", (gsd, 0, 500000, 0, -gsd, 40000), None, "GTiff")
+
+    base = resolve(SegmentOptions(inputs=["x.tif"], out=tmp_path / "o.zarr", model=tiny_model_path))
+    ranged = replace(base, meta=replace(base.meta, gsd=0.075, gsd_range=(0.07, 0.30)))
+    auto = replace(ranged, options=replace(ranged.options, resample="auto"))
+    assert ranged.scale_for(info(0.15)) == (1.0, None)  # inside the range: no warning, no resampling
+    assert auto.scale_for(info(0.15)) == (1.0, None)
+    scale, warning = ranged.scale_for(info(0.6))
+    assert scale == 1.0 and "2.0x off the model's 0.07-0.3 m/px" in warning
+    assert auto.scale_for(info(0.6)) == (pytest.approx(0.5, rel=2e-3), None)
+    median_only = replace(auto, meta=replace(base.meta, gsd=0.075, gsd_range=None))
+    assert median_only.scale_for(info(0.15)) == (pytest.approx(0.5, rel=2e-3), None)  # as before ranges existed

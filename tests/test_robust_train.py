@@ -19,7 +19,7 @@ from tileseg.data import TileSampler, find_pairs
 from tileseg.errors import OptionError
 from tileseg.mask import NODATA
 from tileseg.train import Trainer, TrainOptions, prepare
-from tileseg.train.plan import median_gsd
+from tileseg.train.plan import gsd_stats, median_gsd
 
 TINY = dict(arch="unet", tile=32, base_filters=4, depth=2, batch_size=4, steps_per_epoch=3, epochs=1)
 
@@ -331,17 +331,24 @@ def test_gsd_of_the_training_data_is_recorded(data_dir, tmp_path):
     from tileseg.train.export import model_meta
 
     plan = prepare(TrainOptions(images=(str(data_dir / "kampala" / "train"),), out=str(tmp_path / "m.keras"), **TINY))
-    expected = np.median([open_info(p.image).gsd for p in plan.train_pairs])
-    assert plan.gsd == pytest.approx(expected) and 0.02 < plan.gsd < 0.5
+    gsds = [open_info(p.image).gsd for p in plan.train_pairs]  # 118 chips, < 100 per source: all
+    expected = np.percentile(gsds, [2, 50, 98])
+    assert (plan.gsd.low, plan.gsd.median, plan.gsd.high) == pytest.approx(tuple(expected))
+    assert 0.02 < plan.gsd.median < 0.5 and plan.gsd.high > 2 * plan.gsd.low  # zoom 19..21 chips: a range
     state = TrainState()
     state.best = {"score": 0.0, "epoch": 1, "metrics": {}}
-    meta = model_meta(plan, state, 1.0)
-    assert ModelMeta.from_dict(meta.to_dict()).gsd == pytest.approx(expected)
+    meta = ModelMeta.from_dict(model_meta(plan, state, 1.0).to_dict())
+    assert meta.gsd == pytest.approx(expected[1]) and meta.gsd_range == pytest.approx((expected[0], expected[2]))
+    assert meta.gsd_span == meta.gsd_range and meta.training["gsd_range"] == pytest.approx(list(meta.gsd_range))
     # PNG chips without a CRS take their georeferenced mask's; no georeferencing at all: None
     zanzibar = find_pairs(data_dir / "zanzibar")[:20]
     assert open_info(zanzibar[0].image).gsd is None and median_gsd(zanzibar) > 0
     bare = [type(p)(p.image, None, p.height, p.width) for p in zanzibar]
-    assert median_gsd(bare) is None
+    assert median_gsd(bare) is None and gsd_stats([bare]) is None
+    # each source is sampled on its own: a small source's GSDs are in the range beside a large one's
+    coarse = [p for p in find_pairs(data_dir / "kampala" / "train") if open_info(p.image).gsd > 0.2]
+    fine = find_pairs(data_dir / "zanzibar")[:300]
+    assert gsd_stats([fine, coarse], per_source=100).high > 0.2
 
 
 @pytest.mark.slow

@@ -253,3 +253,16 @@ def test_jobs_train_py_has_the_same_options_as_tileseg_train():
     assert job.returncode == 0 and cli.returncode == 0
     assert "--images" in cli.stdout and "--storage-path" in cli.stdout
     assert job.stdout == cli.stdout
+
+
+def test_bfloat16_on_a_cpu_without_it_is_warned_about():
+    """mixed_bfloat16 is emulated on CPUs without avx512_bf16/amx_bf16 (measured 7.7x float32's step time)."""
+    from tileseg.train.loop import cpu_flags, precision_warning
+
+    avx2 = frozenset({"avx2", "fma", "sse4_2"})
+    assert "float32" in precision_warning("mixed_bfloat16", 0, avx2)
+    assert precision_warning("float32", 0, avx2) is None
+    assert precision_warning("mixed_bfloat16", 1, avx2) is None  # a GPU trains it
+    assert precision_warning("mixed_bfloat16", 0, avx2 | {"amx_bf16"}) is None
+    assert precision_warning("mixed_bfloat16", 0, frozenset()) is None  # flags unknown: no guess
+    assert isinstance(cpu_flags(), frozenset)

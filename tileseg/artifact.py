@@ -133,6 +133,7 @@ class ModelMeta:
     extra: Mapping[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as they are
     normalisation: str = "dataset"  # one of NORMALISATIONS; artifacts from before it existed are "dataset"
     gsd: float | None = None  # median ground sampling distance (m/px) of the training rasters, when known
+    gsd_range: tuple[float, float] | None = None  # 2nd..98th percentile of those GSDs (None: gsd alone)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "metadata") -> ModelMeta:
@@ -175,6 +176,11 @@ class ModelMeta:
         gsd = d.get("gsd")
         if gsd is not None:
             gsd = _numbers([gsd], "gsd", where, positive=True)[0]
+        gsd_range = d.get("gsd_range")
+        if gsd_range is not None:
+            gsd_range = _numbers(gsd_range, "gsd_range", where, positive=True)
+            if len(gsd_range) != 2 or gsd_range[0] > gsd_range[1]:
+                raise _fail(where, f"metadata 'gsd_range' must be [low, high] m/px, got {d['gsd_range']!r}")
         known = {f.name for f in fields(cls)} | {"format"}
         scores = {k: v for k, v in d.items() if k.startswith("val_") and isinstance(v, int | float)}
         extra = {k: v for k, v in d.items() if k not in known and k not in scores}
@@ -193,6 +199,7 @@ class ModelMeta:
             extra=extra,
             normalisation=normalisation,
             gsd=gsd,
+            gsd_range=gsd_range,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -213,9 +220,18 @@ class ModelMeta:
         d["normalisation"] = self.normalisation
         if self.gsd is not None:
             d["gsd"] = float(self.gsd)
+        if self.gsd_range is not None:
+            d["gsd_range"] = [float(v) for v in self.gsd_range]
         d["format"] = ARTIFACT_FORMAT
         d["training"] = dict(self.training)
         return d
+
+    @property
+    def gsd_span(self) -> tuple[float, float] | None:
+        """The GSDs (m/px) the model was trained at: its recorded range, else its median alone (None: unknown)."""
+        if self.gsd_range is not None:
+            return self.gsd_range
+        return None if self.gsd is None else (self.gsd, self.gsd)
 
     @property
     def num_classes(self) -> int:

@@ -35,6 +35,20 @@ class Taps:
         return (int(used.min()), int(used.max()) + 1) if used.size else (0, 0)
 
 
+def gsd_mismatch(gsd: float, span: tuple[float, float]) -> float:
+    """How far an image's GSD (m/px) lies outside the GSDs a model was trained at, as a factor (1.0 inside)."""
+    low, high = span
+    return max(gsd / high, low / gsd, 1.0)
+
+
+def auto_scale(gsd: float, span: tuple[float, float]) -> float:
+    """Image pixels per model pixel that brings an image of `gsd` m/px into the model's GSD `span`: 1.0
+    inside it, else to its nearest end (4 significant digits; within 1% of 1 counts as 1)."""
+    low, high = span
+    scale = float(f"{min(max(gsd, low), high) / gsd:.4g}")
+    return 1.0 if 0.99 < scale < 1.01 else scale
+
+
 def resampled_length(length: int, scale: float) -> int:
     """Pixels of the target grid along an axis of `length` source pixels (the last one may hang over)."""
     return max(1, math.ceil(length / scale - 1e-9))

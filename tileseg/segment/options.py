@@ -20,6 +20,7 @@ from tileseg.errors import RasterError, StoreExistsError
 from tileseg.grid import DEFAULT_BLOCK, DEFAULT_CHUNK, Block
 from tileseg.options import check, int_list, option
 from tileseg.raster import ImageInfo
+from tileseg.resample import auto_scale, gsd_mismatch
 from tileseg.stitch import TilingSpec
 from tileseg.store import PROBABILITY_DTYPES, ZARR_FORMATS, store_format
 from tileseg.tta import TTA_MODES
@@ -37,7 +38,7 @@ georeferenced for xarray/rioxarray/GDAL. Without RAY_ADDRESS an embedded Ray sta
 
 DEFAULT_DEPTH = 4  # a model that does not say its depth must take tiles divisible by 2**4
 TTA_CHOICES = tuple(TTA_MODES)
-GSD_TOLERANCE = 1.5  # an image whose GSD differs from the model's by more than this factor gets a warning
+GSD_TOLERANCE = 1.5  # an image whose GSD lies outside the model's training GSDs by more than this factor: warned
 
 
 @dataclass(frozen=True)
@@ -175,26 +176,30 @@ class Resolved:
         return "tta_disagreement" if self.options.tta != "none" else "entropy"
 
     def scale_for(self, info: ImageInfo) -> tuple[float, str | None]:
-        """Image pixels per model pixel for this image (1.0 = its own grid), and a warning about its GSD."""
-        o, model_gsd, gsd = self.options, self.meta.gsd, info.gsd
+        """Image pixels per model pixel for this image (1.0 = its own grid), and a warning about its GSD.
+
+        The model's GSDs are the span of its training data (an artifact with a median only: that one
+        value); `--resample auto` resamples only an image outside that span, to its nearest end."""
+        o, span, gsd = self.options, self.meta.gsd_span, info.gsd
         scale = 1.0
         if o.resample == "auto":
             if gsd is None:
                 return 1.0, "no georeferencing, so no GSD: --resample auto leaves it at its own resolution"
-            scale = float(f"{model_gsd / gsd:.4g}")  # type: ignore[operator]
+            scale = auto_scale(gsd, span)  # type: ignore[arg-type]  # checked: auto needs a model GSD
         elif o.resample is not None:
             scale = float(o.resample)
         if scale > 0.99 and scale < 1.01:
             scale = 1.0
-        if model_gsd is None or gsd is None:
+        if span is None or gsd is None:
             return scale, None
         seen = gsd * scale
-        ratio = max(seen / model_gsd, model_gsd / seen)
+        ratio = gsd_mismatch(seen, span)
         if ratio <= GSD_TOLERANCE:
             return scale, None
         at = f" resampled by {scale:g}" if scale != 1.0 else ""
+        trained = f"{span[0]:.3g} m/px" if span[0] == span[1] else f"{span[0]:.3g}-{span[1]:.3g} m/px"
         return scale, (
-            f"ground sampling distance {seen:.3g} m/px{at} is {ratio:.1f}x off the model's {model_gsd:.3g} m/px; "
+            f"ground sampling distance {seen:.3g} m/px{at} is {ratio:.1f}x off the model's {trained}; "
             "predictions may be poor: pass --resample auto (or a factor)"
         )
 
@@ -280,7 +285,7 @@ def resolve(o: SegmentOptions) -> Resolved:
     model_path = resolve_model(o.model)
     meta = read_metadata(model_path)
     check(
-        o.resample != "auto" or meta.gsd is not None,
+        o.resample != "auto" or meta.gsd_span is not None,
         "--resample",
         f"auto needs the model's training GSD, and {model_path.name} does not record one: give a factor",
     )

@@ -63,7 +63,8 @@ def model_meta(plan: TrainPlan, state: TrainState, elapsed_s: float) -> ModelMet
         "label_field": o.label_field,
         "init": plan.init_from,
         "normalisation": plan.normalisation,
-        "gsd": plan.gsd,
+        "gsd": plan.gsd.median if plan.gsd else None,
+        "gsd_range": [plan.gsd.low, plan.gsd.high] if plan.gsd else None,
         "val_images": list(plan.val_dirs) if plan.val_dirs else None,
         "val_masks": list(o.val_masks) if o.val_masks is not None else None,
         "val_fraction": None if plan.val_dirs else o.val_fraction,
@@ -90,7 +91,8 @@ def model_meta(plan: TrainPlan, state: TrainState, elapsed_s: float) -> ModelMet
         depth=o.depth,
         training=json_safe(training),
         normalisation=plan.normalisation,
-        gsd=plan.gsd,
+        gsd=plan.gsd.median if plan.gsd else None,
+        gsd_range=(plan.gsd.low, plan.gsd.high) if plan.gsd else None,
         scores={k: float(best[k]) for k in names if isinstance(best.get(k), int | float)},
     )
 

@@ -38,7 +38,7 @@ class TrainPlan:
     pair_weights: tuple[float, ...]  # sampling weight per training pair
     val_pairs: tuple[Pair, ...]
     normalisation: str = "dataset"  # "dataset" or "tile" (see tileseg.artifact.NORMALISATIONS)
-    gsd: float | None = None  # median m/px of the training rasters (None: none is georeferenced)
+    gsd: GsdStats | None = None  # m/px of the training rasters (None: none is georeferenced)
     init_from: str | None = None  # the artifact whose weights training starts from (--init)
     resume_from: str | None = None  # the checkpoint folder `--resume` continues from
     trace_dir: str | None = None  # diagnostics: every worker saves its weights after every step here
@@ -92,26 +92,48 @@ def _collect_pairs(
     return out
 
 
-def median_gsd(pairs: Sequence[Pair], sample: int = 200) -> float | None:
-    """Median ground sampling distance (m/px) of (an even sample of) the training rasters; an image without
-    a CRS takes its mask's (same grid by contract), and a pair with neither is skipped."""
+@dataclass(frozen=True)
+class GsdStats:
+    """Ground sampling distances (m/px) of the training rasters: median and 2nd..98th percentile range."""
+
+    median: float
+    low: float
+    high: float
+
+
+def gsd_stats(sources: Sequence[Sequence[Pair]], per_source: int = 100) -> GsdStats | None:
+    """GSDs of an even sample of each source's training rasters (header reads only); an image without a CRS
+    takes its mask's (same grid by contract), and a pair with neither is skipped. None: none georeferenced.
+    Sampling per source keeps a small city's resolutions in the range beside a large one's."""
     from tileseg.errors import RasterError
     from tileseg.raster import open_info
 
-    picked = [pairs[int(i)] for i in np.unique(np.linspace(0, len(pairs) - 1, min(sample, len(pairs))).astype(int))]
     values = []
-    for pair in picked:
-        for path in (pair.image, pair.mask):
-            if path is None:
-                continue
-            try:
-                gsd = open_info(path).gsd
-            except RasterError:
-                gsd = None
-            if gsd:
-                values.append(gsd)
-                break
-    return float(np.median(values)) if values else None
+    for pairs in sources:
+        if not pairs:
+            continue
+        picks = np.unique(np.linspace(0, len(pairs) - 1, min(per_source, len(pairs))).astype(int))
+        for pair in (pairs[int(i)] for i in picks):
+            for path in (pair.image, pair.mask):
+                if path is None:
+                    continue
+                try:
+                    gsd = open_info(path).gsd
+                except RasterError:
+                    gsd = None
+                if gsd:
+                    values.append(gsd)
+                    break
+    if not values:
+        return None
+    low, median, high = np.percentile(values, [2, 50, 98])
+    return GsdStats(float(median), float(low), float(high))
+
+
+def median_gsd(pairs: Sequence[Pair], sample: int = 200) -> float | None:
+    """Median ground sampling distance (m/px) of (an even sample of) the training rasters."""
+    stats = gsd_stats([pairs], per_source=sample)
+    return None if stats is None else stats.median
 
 
 def _init_options(options: TrainOptions) -> tuple[TrainOptions, ModelMeta | None]:
@@ -196,7 +218,7 @@ def prepare(options: TrainOptions, *, trace_dir: str | Path | None = None) -> Tr
         pair_weights=tuple(_sampling_weights(sources, options.source_weights, options.tile)),
         val_pairs=tuple(val_pairs),
         normalisation=normalisation,
-        gsd=median_gsd(train_pairs),
+        gsd=gsd_stats(sources),
         init_from=_absolute(options.init) if options.init else None,
         trace_dir=str(Path(trace_dir).resolve()) if trace_dir else None,
     )
