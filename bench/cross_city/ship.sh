@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 15: the shipped model, fine-tuned from the previous one (Kampala + Zanzibar) on all three cities:
+# Issue 15: a shipped-model candidate (not shipped, see bench/RESULTS.md), fine-tuned from the shipped one on all three cities:
 # Kampala train, Zanzibar, and Kathmandu from its OpenStreetMap polygons (unknown outside the AOI), validated
 # (best epoch) on Kampala val. Mild blur and colour augmentations only (the strong set did not help,
 # bench/RESULTS.md). float32: this CPU has no native bfloat16.
