@@ -204,7 +204,7 @@ class RollingAccumulator(_Sums):
         if out is None:
             out = np.empty((n, self.width, self.classes), dtype=np.float32)
         # Divide straight into the (n, W, K) rows, one class at a time (no (K, n, W) copy to interleave).
-        self._finish(row, np.moveaxis(out, -1, 0))
+        self._finish(n, np.moveaxis(out, -1, 0))
         return start, out
 
     def emit_planar(self, row: int, out: np.ndarray | None = None) -> tuple[int, np.ndarray]:
@@ -212,7 +212,7 @@ class RollingAccumulator(_Sums):
         start, n = self._span(row)
         if out is None:
             out = np.empty((self.classes, n, self.width), dtype=np.float32)
-        self._finish(row, out)
+        self._finish(n, out)
         return start, out
 
     def _span(self, row: int) -> tuple[int, int]:
@@ -220,10 +220,8 @@ class RollingAccumulator(_Sums):
         row = min(max(row, self.emitted), self.height)
         return self.emitted, row - self.emitted
 
-    def _finish(self, row: int, planes: np.ndarray) -> None:
-        """Normalise rows [emitted, row) into `planes` ((K, n, W), any strides) and drop them."""
-        row = min(max(row, self.emitted), self.height)
-        n = row - self.emitted
+    def _finish(self, n: int, planes: np.ndarray) -> None:
+        """Normalise the next `n` rows (from `_span`) into `planes` ((K, n, W), any strides) and drop them."""
         held = min(n, len(self._weight))
         _normalise(self._total[:, :held], self._weight[:held], planes[:, :held])
         planes[:, held:] = 0
@@ -234,4 +232,4 @@ class RollingAccumulator(_Sums):
             self._total[:, keep:] = 0
             self._weight[:keep] = self._weight[held:]
             self._weight[keep:] = 0
-        self.emitted = row
+        self.emitted += n

@@ -29,7 +29,7 @@ from tileseg.jsonio import json_safe
 from tileseg.options import Command
 from tileseg.ray_session import RaySession
 from tileseg.segment.options import DESCRIPTION, Resolved, SegmentOptions, check_nodes, resolve
-from tileseg.segment.pipeline import alive_nodes, job_session, pool_size, run_stream
+from tileseg.segment.pipeline import cluster_nodes, job_session, pool_size, run_stream
 from tileseg.segment.plan import JobPlan, plan_job, prepare_store, range_warning, survey
 from tileseg.segment.report import Compute, ImageReport, Phases, Summary, print_summary
 from tileseg.segment.stages import read_block, read_stage, write_block, write_stage
@@ -78,7 +78,7 @@ def segment(options: SegmentOptions | None = None, /, **kwargs: Any) -> Summary:
     with interruptible(), session if joins else contextlib.nullcontext():
         if joins:
             rearm()  # ray.init put in its own SIGTERM handler
-            check_nodes(job.out, alive_nodes(), options.shared_fs)
+            check_nodes(job.out, len(cluster_nodes()), options.shared_fs)
         ray_s = time.monotonic() - t_ray if joins else 0.0
         with contract.StoreLock(job.out):  # one writer at a time, taken before anything is replaced
             return _segment(job, t0, session, ray_s)

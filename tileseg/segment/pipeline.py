@@ -43,13 +43,6 @@ def job_session(job: Resolved) -> RaySession:
     return RaySession(o.address, o.num_cpus, worker_env={**WORKER_ENV, **cloud_env()})
 
 
-def alive_nodes() -> int:
-    """How many nodes of the connected Ray cluster are alive."""
-    import ray
-
-    return sum(1 for node in ray.nodes() if node.get("Alive"))
-
-
 @dataclass(frozen=True)
 class StreamResult:
     """How the stream ended (None: every item came back) and when (time.time()) its phases began and ended."""

@@ -55,6 +55,7 @@ def model_meta(plan: TrainPlan, state: TrainState, elapsed_s: float) -> ModelMet
     o = plan.options
     best = state.best["metrics"]
     settings = {k: getattr(o, k) for k in SETTINGS} | {"steps_per_epoch": plan.steps_per_epoch}
+    gsd, gsd_range = (plan.gsd.median, (plan.gsd.low, plan.gsd.high)) if plan.gsd else (None, None)
     training = {
         "images": list(plan.train_dirs),
         "masks": list(o.masks) if o.masks is not None else None,
@@ -63,8 +64,8 @@ def model_meta(plan: TrainPlan, state: TrainState, elapsed_s: float) -> ModelMet
         "label_field": o.label_field,
         "init": plan.init_from,
         "normalisation": plan.normalisation,
-        "gsd": plan.gsd.median if plan.gsd else None,
-        "gsd_range": [plan.gsd.low, plan.gsd.high] if plan.gsd else None,
+        "gsd": gsd,
+        "gsd_range": list(gsd_range) if gsd_range else None,
         "val_images": list(plan.val_dirs) if plan.val_dirs else None,
         "val_masks": list(o.val_masks) if o.val_masks is not None else None,
         "val_fraction": None if plan.val_dirs else o.val_fraction,
@@ -91,8 +92,8 @@ def model_meta(plan: TrainPlan, state: TrainState, elapsed_s: float) -> ModelMet
         depth=o.depth,
         training=json_safe(training),
         normalisation=plan.normalisation,
-        gsd=plan.gsd.median if plan.gsd else None,
-        gsd_range=(plan.gsd.low, plan.gsd.high) if plan.gsd else None,
+        gsd=gsd,
+        gsd_range=gsd_range,
         scores={k: float(best[k]) for k in names if isinstance(best.get(k), int | float)},
     )
 
