@@ -71,15 +71,20 @@ def _interrupt_then_resume(signum: int, image: Path, model: Path, out: Path, ref
         _job(image, out, model), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 540
-    while _flags(out) == 0 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert proc.poll() is None, f"the job ended before it was signalled: {proc.communicate()}"
-    if signum == signal.SIGINT:
-        os.killpg(proc.pid, signal.SIGINT)
-    else:
-        proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
+    try:
+        deadline = time.monotonic() + 540
+        while _flags(out) == 0 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, f"the job ended before it was signalled: {proc.communicate()}"
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:  # a job that hangs is a failure; it must not outlive the test
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
     assert proc.returncode == 128 + signum, err
     assert "Traceback" not in err, err

@@ -8,12 +8,13 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tileseg.ray_session import RaySession
+from tileseg.ray_session import RaySession, no_auto_connect
 
 
 def test_embedded_workers_inherit_worker_env(monkeypatch):
@@ -51,6 +52,65 @@ def test_embedded_workers_inherit_worker_env(monkeypatch):
             assert ray.get(worker_env.options(runtime_env={"env_vars": {"TILESEG_PROBE": "7"}}).remote())[0] == "7"
         assert ray.is_initialized()  # the inner session leaves the outer one's Ray alone
     assert not ray.is_initialized() and not os.path.exists(temp_dir) and not os.path.exists(left)
+
+
+def test_inside_a_command_no_ray_call_starts_a_ray_of_its_own(tmp_path):
+    """Ray starts a default Ray (/tmp/ray, every interface, no token) when its API is called with none
+    connected, as Ray Data's executor does when it is shut down after the job's Ray. Inside a command
+    (`no_auto_connect`, as the CLI runs one) such a call fails instead, after the session as during it;
+    the caller's setting is back afterwards. As a program (`forbid_auto_connect` before Ray is imported),
+    the same holds for the whole process."""
+    import ray
+    from ray._private import auto_init_hook
+
+    if ray.is_initialized():
+        pytest.skip("needs to start its own Ray")
+    before = auto_init_hook.enable_auto_connect
+    with no_auto_connect():
+        with RaySession(num_cpus=1):
+            ref = ray.put(1)
+            assert ray.get(ref) == 1
+        with pytest.raises(ray.exceptions.RaySystemError, match="not been started"):
+            ray.get(ref)
+        assert not ray.is_initialized()
+    assert auto_init_hook.enable_auto_connect == before
+
+    program = (
+        "from tileseg.ray_session import forbid_auto_connect\n"
+        "forbid_auto_connect()\n"
+        "import ray\n"
+        "try:\n"
+        "    ray.put(1)\n"
+        "except ray.exceptions.RaySystemError:\n"
+        "    print('REFUSED', ray.is_initialized())\n"
+    )
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path), "HOME": str(tmp_path)}  # a failure leaves /tmp/ray alone
+    env.pop("RAY_ENABLE_AUTO_CONNECT", None)
+    done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "REFUSED False", done.stderr[-2000:]
+
+
+def test_a_stream_left_early_leaves_no_ray_data_executor_running():
+    """A job's stream left early (a break, a signal) shuts Ray Data's executor down before the job's Ray goes,
+    rather than from `__del__` once it has gone."""
+    import ray
+
+    from tileseg.segment.pipeline import _executor_threads, _stop_execution
+
+    if ray.is_initialized():
+        pytest.skip("needs to start its own Ray")
+
+    def slow(row):  # 50 tasks of a second each: the stream is far from done when it is left
+        time.sleep(0.05)
+        return row
+
+    with RaySession(num_cpus=1):
+        before = _executor_threads()
+        rows = iter(ray.data.range(1000, override_num_blocks=50).map(slow).iter_rows())
+        next(rows)
+        assert _executor_threads() - before
+        _stop_execution(rows, before)
+        assert not (_executor_threads() - before)
 
 
 # Another process on this machine tries to join the running Ray as a driver and run code in it.

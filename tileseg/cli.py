@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from tileseg.errors import TilesegError
 from tileseg.interrupt import Interrupted
 from tileseg.options import Command, add_options, from_args, option
+from tileseg.ray_session import forbid_auto_connect, no_auto_connect
 from tileseg.uri import redact
 
 # Job subcommands, each the module that defines its COMMAND (imported when the parser is built).
@@ -113,11 +114,15 @@ def build_parser(prog: str = "tileseg") -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `tileseg COMMAND ...`; tileseg's errors become one line on stderr and exit status 2; a job stopped
-    by SIGINT/SIGTERM says what it left in one line and exits 130/143."""
+    by SIGINT/SIGTERM says what it left in one line and exits 130/143. Without `argv` this is the program
+    (the `tileseg` script): from here on Ray starts in this process only through RaySession."""
+    if argv is None:
+        forbid_auto_connect()
     args = build_parser().parse_args(argv)
     cmd: Command = args.command
     try:
-        return int(cmd.run(from_args(cmd.options, args)) or 0)
+        with no_auto_connect():  # an in-process call (a test's) gets its Ray setting back
+            return int(cmd.run(from_args(cmd.options, args)) or 0)
     except TilesegError as exc:
         print(redact(f"error: {exc}"), file=sys.stderr)  # never a credential, whatever the message holds
         return 2
@@ -128,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def job_main(name: str, argv: Sequence[str] | None = None) -> int:
     """`jobs/<name>.py ARGS` = `tileseg <name> ARGS`: the Ray Jobs entrypoints share the CLI's parser."""
+    if argv is None:
+        forbid_auto_connect()
     return main([name, *(sys.argv[1:] if argv is None else argv)])
 
 

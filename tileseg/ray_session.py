@@ -9,7 +9,9 @@ import contextlib
 import os
 import secrets
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
 
 from tileseg.errors import TilesegError
 
@@ -31,6 +33,38 @@ _SESSION_VARS = (
 
 class RayStartError(TilesegError):
     """An embedded Ray that could not start (the CLI prints it as one line)."""
+
+
+def forbid_auto_connect() -> None:
+    """For the rest of this process (a tileseg program): no Ray API call starts or joins a Ray of its own
+    accord; Ray is started only through RaySession.
+
+    Ray starts a default Ray (in /tmp/ray, on every interface, without a token) when an API such as `ray.get`
+    is called while none is connected. Something of Ray Data's that outlives a job's Ray (its executor,
+    shut down from `__del__` when a Ctrl-C left it running) would do just that, and the program would then
+    hang on exit; with auto-connect off the call fails instead. Ray reads RAY_ENABLE_AUTO_CONNECT when it
+    is imported: the variable covers a later import, the module's flag a Ray imported already.
+    """
+    os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
+    hook = sys.modules.get("ray._private.auto_init_hook")
+    if hook is not None:
+        hook.enable_auto_connect = False
+
+
+@contextlib.contextmanager
+def no_auto_connect() -> Iterator[None]:
+    """`forbid_auto_connect` while inside; the caller's setting is back afterwards (for a library call)."""
+    hook = sys.modules.get("ray._private.auto_init_hook")
+    saved_flag = hook.enable_auto_connect if hook is not None else None
+    saved_env = os.environ.get("RAY_ENABLE_AUTO_CONNECT")
+    forbid_auto_connect()
+    try:
+        yield
+    finally:
+        _restore({"RAY_ENABLE_AUTO_CONNECT": saved_env})
+        hook = sys.modules.get("ray._private.auto_init_hook")
+        if hook is not None:
+            hook.enable_auto_connect = saved_flag if saved_flag is not None else saved_env != "0"
 
 
 def refresh_ray_auth() -> None:
@@ -76,6 +110,7 @@ class RaySession:
         self.temp_dir: str | None = None
         self.started = False
         self._caller_env: dict[str, str | None] | None = None
+        self._no_auto_connect = contextlib.ExitStack()
 
     @property
     def embedded(self) -> bool:
@@ -87,12 +122,18 @@ class RaySession:
 
         if ray.is_initialized():
             return self
-        if self.address:
-            refresh_ray_auth()  # the caller's RAY_AUTH_* as they are now, not as they were at import
-            ray.init(address=self.address, logging_level="WARNING", log_to_driver=True)
-            self.started = True
-            return self
-        self._start_embedded()
+        # Until this session is left, a thread that outlives its Ray cannot start another one.
+        self._no_auto_connect.enter_context(no_auto_connect())
+        try:
+            if self.address:
+                refresh_ray_auth()  # the caller's RAY_AUTH_* as they are now, not as they were at import
+                ray.init(address=self.address, logging_level="WARNING", log_to_driver=True)
+                self.started = True
+                return self
+            self._start_embedded()
+        except BaseException:
+            self._no_auto_connect.close()
+            raise
         return self
 
     def _start_embedded(self) -> None:
@@ -155,11 +196,14 @@ class RaySession:
     def __exit__(self, *exc: object) -> None:
         import ray
 
-        if self.started:
-            ray.shutdown()
-            self.started = False
-        if self.embedded:
-            self._stop_embedded()
+        try:
+            if self.started:
+                ray.shutdown()
+                self.started = False
+            if self.embedded:
+                self._stop_embedded()
+        finally:
+            self._no_auto_connect.close()
 
 
 def _restore(saved: dict[str, str | None]) -> None:

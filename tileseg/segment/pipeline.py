@@ -206,8 +206,10 @@ def run_stream(
                     )
                     .map(write_stage, fn_kwargs={"out": job.out}, num_cpus=0.5, runtime_env=env)
                 )
+                executors = _executor_threads()  # a caller's own, left alone
+                rows = iter(ds.iter_rows())
                 try:
-                    for row in ds.iter_rows():
+                    for row in rows:
                         dog.beat()
                         item = WorkItem.from_row(row)
                         if item.actor_ready:
@@ -231,12 +233,31 @@ def run_stream(
                     # keep dying): blocks already written stay, and every image still gets its status.
                     stopped = f"the job stopped: {_brief(exc)}"
                     print(f"\nerror: {stopped}", file=sys.stderr)
+                finally:
+                    _stop_execution(rows, executors)
         finally:
             ray.kill(heartbeat)  # a caller's Ray (a notebook's) keeps running: leave no actor behind
         bar.show(final=True)
         running = time.time()
     ready = min(max(ready, start), running) if ready else running  # an actor's clock may be another node's
     return StreamResult(stopped, start, ready, running, time.time(), interrupted)
+
+
+def _stop_execution(rows: Iterator[Any], before: set[threading.Thread]) -> None:
+    """Close a Ray Data row iterator left early (a break, a signal) and wait for its executor's thread: its
+    executor shuts down now, while its Ray is up, not from `__del__` once Ray is gone (when a Ray call
+    would start a new one)."""
+    close = getattr(rows, "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            close()
+    for thread in _executor_threads() - before:
+        thread.join(timeout=10)
+
+
+def _executor_threads() -> set[threading.Thread]:
+    """Ray Data's streaming executors (each a thread) alive in this process."""
+    return {t for t in threading.enumerate() if type(t).__name__ == "StreamingExecutor"}
 
 
 def _import_in_background(module: str) -> threading.Thread:
@@ -323,6 +344,8 @@ class Watchdog:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        if self._thread.is_alive():  # a poll in flight ends within its own timeout; none outlives the job
+            self._thread.join(timeout=30)
 
     def beat(self) -> None:
         self.started = True
