@@ -1,8 +1,9 @@
 """Ctrl-C and SIGTERM stop a running segment job cleanly, and --resume then finishes the same store.
 
 The job runs as `python jobs/segment.py` in a process of its own, on a 768 x 768 image cut into 36 blocks
-of 128 pixels (tiles of 64, one tile per model call) so that the signal lands while blocks are being
-written; the resumed store's mask must equal an uninterrupted run's exactly.
+of 128 pixels (tiles of 64, one tile per model call) so that each signal lands while blocks are being
+written: Ctrl-C stops the first run, SIGTERM the resumed one, and a second --resume finishes the store,
+whose mask must equal a whole-image pass in memory exactly.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ import pytest
 import zarr
 from rasters import write_tif
 
-from tileseg import contract, store
-from tileseg.segment import SegmentOptions, segment
+from tileseg import contract, raster, store
+from tileseg.grid import Window
+from tileseg.mask import to_mask
+from tileseg.predict import TilePredictor
+from tileseg.stitch import predict_array
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCKS = 36
@@ -37,16 +41,14 @@ def image(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(image, tiny_model_path, tmp_path_factory) -> np.ndarray:
-    """The mask of an uninterrupted run (in this process, on an embedded Ray)."""
-    from tileseg.ray_session import RaySession
-
-    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    opts = dict(tile=64, overlap=16, block=128, chunk=128, batch_size=1, num_cpus=2, progress=False)
-    with RaySession(num_cpus=2):
-        summary = segment(SegmentOptions(inputs=[str(image)], out=str(out), model=str(tiny_model_path), **opts))
-    assert summary.ok, summary
-    return zarr.open_group(str(out), mode="r")["img"]["mask"][:]
+def reference(image, tiny_model_path) -> np.ndarray:
+    """The mask of the whole image in one pass in memory, with the job's tiling (the job equals it exactly:
+    tests/test_segment.py)."""
+    info = raster.open_info(str(image))
+    pixels, valid = raster.read_window(str(image), Window(0, 0, info.height, info.width))
+    predictor = TilePredictor(tiny_model_path, batch_size=1)
+    probs = predict_array(pixels, predictor, tile=64, overlap=16, valid=valid, batch_size=1, fill=predictor.fill)
+    return to_mask(probs, valid)
 
 
 def _job(image: Path, out: Path, model: Path, *extra: str) -> list[str]:
@@ -65,15 +67,17 @@ def _flags(out: Path) -> int:
         return 0
 
 
-def _interrupt_then_resume(signum: int, image: Path, model: Path, out: Path, reference: np.ndarray) -> None:
+def _signal_mid_run(signum: int, image: Path, model: Path, out: Path, *extra: str) -> int:
+    """Run the job, send `signum` once a new block is written, check the clean stop; the blocks written."""
+    before = _flags(out)
     # A session of its own: SIGINT goes to the whole process group, as Ctrl-C in a terminal does.
     proc = subprocess.Popen(
-        _job(image, out, model), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        _job(image, out, model, *extra), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 540
-        while _flags(out) == 0 and proc.poll() is None and time.monotonic() < deadline:
+        while _flags(out) == before and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert proc.poll() is None, f"the job ended before it was signalled: {proc.communicate()}"
         if signum == signal.SIGINT:
@@ -93,27 +97,27 @@ def _interrupt_then_resume(signum: int, image: Path, model: Path, out: Path, ref
     match = re.fullmatch(rf"interrupted: (\d+) of {BLOCKS} blocks written; rerun with --resume", summary["message"])
     assert match, summary["message"]
     written = int(match.group(1))
-    assert 1 <= written < BLOCKS and written == _flags(out)  # the signal landed mid-run
+    assert before < written < BLOCKS and written == _flags(out)  # the signal landed mid-run
     assert summary["message"] in err.splitlines()  # the same line on stderr
     assert summary["images"][0]["status"] == "interrupted"
     assert not Path(contract.run_file(out, contract.LOCK_FILE)).exists()  # the lock is released
+    return written
 
-    done = subprocess.run(_job(image, out, model, "--resume"), env=_env(), capture_output=True, text=True, timeout=540)
+
+def test_ctrl_c_and_sigterm_stop_the_job_cleanly_and_resume_finishes_it(image, tiny_model_path, reference, tmp_path):
+    out = tmp_path / "int.zarr"
+    first = _signal_mid_run(signal.SIGINT, image, tiny_model_path, out)
+    second = _signal_mid_run(signal.SIGTERM, image, tiny_model_path, out, "--resume")
+
+    done = subprocess.run(_job(image, out, tiny_model_path, "--resume"), env=_env(), capture_output=True, text=True,
+                          timeout=540)  # fmt: skip
     assert done.returncode == 0, done.stderr
     resumed = json.loads(contract.read_run_file(out, contract.SUMMARY_FILE))
     (report,) = resumed["images"]
-    assert resumed["status"] == "done" and report["blocks_resumed"] == written
-    assert report["blocks_run"] == BLOCKS - written  # only the missing blocks were redone
+    assert 1 <= first < second
+    assert resumed["status"] == "done" and report["blocks_resumed"] == second
+    assert report["blocks_run"] == BLOCKS - second  # only the missing blocks were redone
     assert np.array_equal(zarr.open_group(str(out), mode="r")["img"]["mask"][:], reference)
-
-
-def test_ctrl_c_stops_the_job_cleanly_and_resume_finishes_it(image, tiny_model_path, reference, tmp_path):
-    _interrupt_then_resume(signal.SIGINT, image, tiny_model_path, tmp_path / "int.zarr", reference)
-
-
-@pytest.mark.slow  # two more job processes (each starts Ray and TensorFlow)
-def test_sigterm_stops_the_job_cleanly_and_resume_finishes_it(image, tiny_model_path, reference, tmp_path):
-    _interrupt_then_resume(signal.SIGTERM, image, tiny_model_path, tmp_path / "term.zarr", reference)
 
 
 def test_interruptible_raises_once_holds_and_restores_the_handlers():
