@@ -3,12 +3,13 @@
 # Kathmandu was added (Kampala train + Zanzibar, taken from git) is fine-tuned with --init on the polygons of
 # the ~20 western Kathmandu tiles (split_kathmandu.py) mixed with its own training cities, so that it learns
 # the new place without forgetting buildings; then scored on the eastern tiles it never saw.
-#   finetune_replay.sh [SHARES...]   Kampala / Zanzibar / Kathmandu-west shares (default 0.35 0.15 0.5)
+#   [LR=2e-4] [SEED=0] finetune_replay.sh [SHARES...]   Kampala / Zanzibar / Kathmandu-west shares
+#   (default 0.35 0.15 0.5)
 set -eu
 cd "$(dirname "$0")/../.."
 D=${TILESEG_DATA:-../shared/data}; OUT=${OUT:-/tmp/ftr}; EXP=${EXP:-/tmp/exp}
 SHARES=("${@:-0.35 0.15 0.5}"); SHARES=(${SHARES[@]})
-EPOCHS=${EPOCHS:-4}; STEPS=${STEPS:-25}; LR=${LR:-2e-4}
+EPOCHS=${EPOCHS:-4}; STEPS=${STEPS:-25}; LR=${LR:-2e-4}; SEED=${SEED:-0}
 [ -d $EXP/kathmandu_west ] || .venv/bin/python bench/cross_city/split_kathmandu.py
 [ -d $EXP/kathmandu_east/masks ] || { echo "rasterise Kathmandu first (rasterise_kathmandu.py, split_kathmandu.py)" >&2; exit 2; }
 mkdir -p $OUT
@@ -18,7 +19,7 @@ start=$(date +%s)
   --images $D/kampala/train $D/zanzibar $EXP/kathmandu_west/images --masks - - - \
   --labels - - $D/kathmandu/buildings.geojson --aoi - - $D/kathmandu/aoi.geojson --label-field class \
   --source-weights "${SHARES[@]}" --epochs $EPOCHS --steps-per-epoch $STEPS --lr $LR \
-  --batch-size 8 --dice --precision float32 --workers 1 --cpus-per-worker 2 --seed 0 \
+  --batch-size 8 --dice --precision float32 --workers 1 --cpus-per-worker 2 --seed $SEED \
   --out $OUT/after.keras --storage-path $OUT/runs --name ftr
 echo "fine-tune wall time: $(( $(date +%s) - start )) s"
 for m in before after; do
