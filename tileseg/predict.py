@@ -44,6 +44,7 @@ class TilePredictor:
 
     Batches are padded to a fixed size so every call runs the same compiled graph: a tile's result
     does not depend on which other tiles share its batch. Non-finite output raises NonFiniteOutputError.
+    For an image of fewer grid tiles than a batch, `capped` pads to the image's tile count instead.
     """
 
     def __init__(self, model_path: str | Path, *, batch_size: int = 16, threads: int | None = None):
@@ -58,6 +59,30 @@ class TilePredictor:
         self._run = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
         self.on_batch: Callable[[int], None] | None = None  # told the number of tiles after each model call
         self._padded: np.ndarray | None = None  # a full batch, for the last partial one of a block
+        self._capped: dict[int, TilePredictor] = {}  # by batch size: the predictors `capped` made
+
+    def capped(self, tiles: int) -> TilePredictor:
+        """This predictor for an image of `tiles` grid tiles: batches padded to min(batch size, tiles).
+
+        A 256 x 256 chip then costs one tile of compute, not a whole padded batch (16x on CPU). The size
+        depends on the image alone, so results still do not depend on the block plan nor on the other
+        images of a job. Each size runs its own graph traced for exactly that shape; the model is shared.
+        """
+        size = max(1, min(self.batch_size, int(tiles)))
+        if size == self.batch_size:
+            return self
+        if size not in self._capped:
+            import copy
+
+            import tensorflow as tf
+
+            view = copy.copy(self)
+            view.batch_size, view._padded, view._capped = size, None, {}
+            view._run = tf.function(lambda x: self.model(x, training=False))
+            self._capped[size] = view
+        view = self._capped[size]
+        view.on_batch = self.on_batch
+        return view
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         n = len(tiles)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tileseg.blend import RollingAccumulator, window
-from tileseg.grid import Block, Window, plan_blocks
+from tileseg.grid import Block, Window, plan_blocks, tile_origins
 
 Predict = Callable[[np.ndarray], np.ndarray]
 """Maps an (N, tile, tile, C) float32 batch to (N, tile, tile, K) probabilities."""
@@ -69,6 +69,15 @@ class TilingSpec:
             pixels, valid, block, predict, tile=self.tile, overlap=self.overlap, blend=self.blend,
             batch_size=self.batch_size, **kw,
         )  # fmt: skip
+
+
+def sized_to_image(predict: Predict, height: int, width: int, tile: int, overlap: int) -> Predict:
+    """`predict` for a height x width image: a predictor that pads its batches to a fixed size (one with a
+    `capped` method, as TilePredictor) pads them to at most the image's grid tile count; others as they are."""
+    capped = getattr(predict, "capped", None)
+    if not callable(capped):
+        return predict
+    return capped(len(tile_origins(height, tile, overlap)) * len(tile_origins(width, tile, overlap)))
 
 
 # NumPy's switch for its huge-page hint (private, so looked up defensively; without it nothing changes).
@@ -295,6 +304,7 @@ def predict_blocks(
             raise ValueError(f"valid {valid.shape} must be (H, W) = {(height, width)}")
     if chunk is None:
         chunk = block if block is not None else 1
+    predict = sized_to_image(predict, height, width, tile, overlap)
     # Blocks without a valid pixel predict nothing, so they cannot tell K: hold them back until a block
     # that predicts does (or fail at the end if none does and num_classes was not given).
     deferred: list[tuple[Block, TileCounts]] = []

@@ -20,7 +20,7 @@ from tileseg.errors import ArtifactError
 from tileseg.predict import TilePredictor, infer_block, segment_block
 from tileseg.resample import ResampledBlock
 from tileseg.segment.work import WorkItem, batch_of_items, items_of_batch
-from tileseg.stitch import TilingSpec
+from tileseg.stitch import TilingSpec, sized_to_image
 from tileseg.tta import TTA_MODES
 
 
@@ -106,7 +106,7 @@ class BlockPredictor:
                 compute, precision = "device", self.device.dtype
             else:
                 mask, prob, counts = segment_block(
-                    self.predictor, item.pixels, item.valid, item.block, self.plan.tiling,
+                    self.sized(item), item.pixels, item.valid, item.block, self.plan.tiling,
                     probabilities=self.plan.probabilities,
                 )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - one bad block must not kill the job: report it
@@ -122,6 +122,15 @@ class BlockPredictor:
             compute=compute,
             precision=precision,
         )
+
+    def sized(self, item: WorkItem) -> TilePredictor:
+        """The predictor for the item's image: batches of at most its grid tiles (`TilePredictor.capped`),
+        the same size for every block of the image."""
+        height, width = item.image_shape
+        if not height or not width:  # an item made outside a job plan
+            return self.predictor
+        t = self.plan.tiling
+        return sized_to_image(self.predictor, height, width, t.tile, t.overlap)
 
     def resampled(self, item: WorkItem) -> ResampledBlock | None:
         """The model-grid plan of a resampled item's block (None on the image's own grid)."""
