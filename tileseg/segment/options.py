@@ -62,7 +62,7 @@ class SegmentOptions:
     tile: int | None = option(None, help="tile size in pixels (default: the model's)")
     overlap: int | None = option(None, help="overlap between neighbouring tiles (default: tile/4)")
     blend: str = option("gaussian", help="blending window", choices=BLENDS)
-    batch_size: int = option(16, help="tiles per model call")
+    batch_size: int = option(16, help="tiles per model call (an image of fewer grid tiles: its tile count)")
     bands: tuple[int, ...] | None = option(
         None, help="1-based input bands, e.g. 3,2,1 (default: the model's bands)", parse=int_list
     )
