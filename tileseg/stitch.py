@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tileseg.blend import RollingAccumulator, window
-from tileseg.grid import Block, Window, plan_blocks, tile_origins
+from tileseg.grid import Block, TileGrid, Window, plan_blocks
 
 Predict = Callable[[np.ndarray], np.ndarray]
 """Maps an (N, tile, tile, C) float32 batch to (N, tile, tile, K) probabilities."""
@@ -77,7 +77,7 @@ def sized_to_image(predict: Predict, height: int, width: int, tile: int, overlap
     capped = getattr(predict, "capped", None)
     if not callable(capped):
         return predict
-    return capped(len(tile_origins(height, tile, overlap)) * len(tile_origins(width, tile, overlap)))
+    return capped(TileGrid(height, width, tile, overlap).count)
 
 
 # NumPy's switch for its huge-page hint (private, so looked up defensively; without it nothing changes).
