@@ -5,6 +5,10 @@ job's actors run (with `ResampledBlock` for --resample), so the numbers are the 
 start-up. Scores come from `tileseg.metrics` (confusion matrix -> class_scores), as in evaluate.
 
     python bench/tta_resolution.py --data ../shared/data --zanzibar 48 --threads 2
+
+`--only coarse` coarsens the Kampala scene (zoom 21) by area averaging to GSDs past the model's range,
+as satellite imagery of the same ground would be, and scores it with and without `--resample auto`
+against the native-resolution prediction brought to the same coarse grid.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,16 +73,99 @@ def score(pred, chips, tiling, tta="none", scale_of=lambda p: 1.0) -> dict:
     return {"iou": float(s.iou[1]), "seconds": time.perf_counter() - start, "chips": len(chips)}
 
 
+def block_mean(a: np.ndarray, k: int) -> np.ndarray:
+    """The mean of each k x k block of `a` (h, w[, c]); h and w are trimmed to multiples of k."""
+    h, w = a.shape[0] // k, a.shape[1] // k
+    a = a[: h * k, : w * k].astype(np.float64)
+    return a.reshape(h, k, w, k, *a.shape[2:]).mean(axis=(1, 3))
+
+
+def coarse_mask(mask: np.ndarray, k: int) -> np.ndarray:
+    """Building where at least half of a k x k block is building; 255 where any of it is nodata."""
+    out = (block_mean(mask == 1, k) >= 0.5).astype(np.uint8)
+    out[block_mean(mask == 255, k) > 0] = 255
+    return out
+
+
+def write_coarse(src: Path, dst: Path, k: int, *, mask: bool) -> None:
+    """`src` coarsened k times (area average for imagery, majority for masks), georeferenced to match."""
+    import rasterio
+    from rasterio.transform import Affine
+
+    with rasterio.open(src) as r:
+        a = r.read()
+        profile = r.profile
+        transform = r.transform * Affine.scale(k)
+    a = np.moveaxis(a, 0, -1)
+    out = coarse_mask(a[..., 0], k)[None] if mask else np.moveaxis(np.rint(block_mean(a, k)).astype(a.dtype), -1, 0)
+    profile.update(height=out.shape[1], width=out.shape[2], transform=transform, tiled=False)
+    profile.pop("blockxsize", None), profile.pop("blockysize", None)
+    with rasterio.open(dst, "w", **profile) as w:
+        w.write(out)
+
+
+def iou_of(mask: np.ndarray, pred: np.ndarray) -> float:
+    keep = (mask != 255) & (pred != 255)
+    return float(class_scores(confusion_matrix(mask, pred, 2, keep=keep)).iou[1])
+
+
+def coarse(model, data: Path, factors: list[int], threads: int, tmp: Path) -> list[str]:
+    """The Kampala scene at `factors` x its GSD: building IoU with no resampling and with `auto`."""
+    tiling = TilingSpec(tile=256, overlap=64, batch_size=16)
+    pred = warm(TilePredictor(model, batch_size=tiling.batch_size, threads=threads))
+    span = pred.meta.gsd_span
+    scene = data / "kampala" / "scene"
+    image, truth = scene / "kampala_z21_image.tif", scene / "kampala_z21_mask.tif"
+    info = open_info(str(image))
+    t = read_window(str(truth), Window(0, 0, info.height, info.width))[0][..., 0]
+    start = time.perf_counter()
+    native = predict_chip(pred, image, tiling, "none", 1.0)
+    native_s = time.perf_counter() - start
+    out = [
+        f"Model GSD range: {span[0]:.4f}-{span[1]:.4f} m/px; scene {info.width}x{info.height} at {info.gsd:.4f} m/px,"
+        f" native building IoU {iou_of(t, native):.4f} ({native_s:.1f} s)",
+        "",
+        "| factor | size | GSD m/px | auto scale | IoU native, on this grid | IoU no resampling | IoU `auto` |"
+        " time none / auto |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for k in factors:
+        img, msk = tmp / f"scene_x{k}.tif", tmp / f"mask_x{k}.tif"
+        write_coarse(image, img, k, mask=False)
+        write_coarse(truth, msk, k, mask=True)
+        ci = open_info(str(img))
+        m = read_window(str(msk), Window(0, 0, ci.height, ci.width))[0][..., 0]
+        ref = iou_of(m, coarse_mask(native, k))  # the native prediction, brought to this grid by majority
+        scale = auto_scale(ci.gsd, span)
+        start = time.perf_counter()
+        none = iou_of(m, predict_chip(pred, img, tiling, "none", 1.0))
+        none_s = time.perf_counter() - start
+        if scale == 1.0:
+            row = f"{none:.4f} | (same) | {none_s:.2f} s / same"
+        else:
+            start = time.perf_counter()
+            auto = iou_of(m, predict_chip(pred, img, tiling, "none", scale))
+            row = f"{none:.4f} | **{auto:.4f}** | {none_s:.2f} s / {time.perf_counter() - start:.2f} s"
+        out.append(f"| {k} | {ci.width}x{ci.height} | {ci.gsd:.4f} | {scale:g} | {ref:.4f} | {row} |")
+        print(out[-1], flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--zanzibar", type=int, default=48, help="Zanzibar chips (every n-th of the sorted list)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", choices=("resolution", "tta", "both"), default="both")
+    ap.add_argument("--only", choices=("resolution", "tta", "both", "coarse"), default="both")
     ap.add_argument("--zooms", type=int, nargs="+", default=[19, 20, 21], help="zoom levels for --only resolution")
     ap.add_argument("--model", default=None, help="the artifact (default: the shipped model)")
+    ap.add_argument("--factors", type=int, nargs="+", default=[2, 4, 8, 16], help="coarsening for --only coarse")
     a = ap.parse_args()
     model = resolve_model(a.model)
+    if a.only == "coarse":
+        with tempfile.TemporaryDirectory() as tmp:
+            print("\n".join(coarse(model, a.data, a.factors, a.threads, Path(tmp))))
+        return
     # One tile per model call (x the transforms, as the actor does): a chip holds few tiles, and a padded
     # batch would cost the same whatever the TTA, hiding its price.
     tiling = TilingSpec(tile=256, overlap=64, batch_size=1)
