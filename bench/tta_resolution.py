@@ -159,6 +159,10 @@ def main() -> None:
     ap.add_argument("--only", choices=("resolution", "tta", "both", "coarse"), default="both")
     ap.add_argument("--zooms", type=int, nargs="+", default=[19, 20, 21], help="zoom levels for --only resolution")
     ap.add_argument("--model", default=None, help="the artifact (default: the shipped model)")
+    ap.add_argument(
+        "--set", nargs=2, action="append", default=[], metavar=("NAME", "DIR"),
+        help="another set for --only tta: DIR holds images/ and masks/ of the same names (repeatable)",
+    )  # fmt: skip
     ap.add_argument("--factors", type=int, nargs="+", default=[2, 4, 8, 16], help="coarsening for --only coarse")
     a = ap.parse_args()
     model = resolve_model(a.model)
@@ -204,6 +208,7 @@ def main() -> None:
         zan = pairs(a.data / "zanzibar" / "images", a.data / "zanzibar" / "masks")
         step = max(1, len(zan) // a.zanzibar)
         sets = {"kampala val": val, f"zanzibar (every {step}th)": zan[::step][: a.zanzibar]}
+        sets |= {name: pairs(Path(d) / "images", Path(d) / "masks") for name, d in a.set}
         out += [
             "",
             "| set | chips | TTA | building IoU | gain vs none | time ratio vs none |",

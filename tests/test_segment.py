@@ -101,7 +101,8 @@ def test_uint16_with_alpha_and_reordered_bands(ray_local, data_dir, tiny_model_p
 
 
 def test_bad_file_fails_alone(ray_local, data_dir, tiny_model_path, tmp_path):
-    """A directory mixing good images with a corrupt one: the good ones finish, the bad one is reported."""
+    """A directory mixing good images with a corrupt one, and a file named that is not there: the good ones
+    finish, each bad one fails naming itself (so the exit status is 1), a text file is skipped."""
     src = tmp_path / "in"
     src.mkdir()
     shutil.copy(data_dir / "rasterio" / "shade.tif", src / "shade.tif")
@@ -110,10 +111,14 @@ def test_bad_file_fails_alone(ray_local, data_dir, tiny_model_path, tmp_path):
     (src / "broken.tif").write_bytes(good[: len(good) // 3])
     (src / "notes.txt").write_text("not an image")
     out = tmp_path / "mixed.zarr"
-    summary = segment(inputs=[str(src)], out=out, model=tiny_model_path, bands=(1, 1, 1), block=1024, progress=False)
+    typo = str(tmp_path / "shade_typo.tif")
+    summary = segment(
+        inputs=[str(src), typo], out=out, model=tiny_model_path, bands=(1, 1, 1), block=1024, progress=False
+    )
     by_name = {Path(r.path).name: r for r in summary.images}
-    assert not summary.ok
+    assert not summary.ok and summary.totals.failed == 2
     assert by_name["broken.tif"].status == "failed" and "broken.tif" in by_name["broken.tif"].error
+    assert by_name["shade_typo.tif"].status == "failed" and by_name["shade_typo.tif"].error == f"{typo}: no such file"
     assert by_name["shade.tif"].status == "done"
     assert by_name["rgb.tif"].status == "done"
     assert by_name["notes.txt"].status == "skipped"

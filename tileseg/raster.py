@@ -329,9 +329,10 @@ def discover(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """Expand files, directories (recursively, sorted) and glob patterns into raster paths.
 
     Returns (paths, skipped): skipped holds (path, reason) for inputs that are clearly not rasters
-    (by extension: text files, sidecars ...), do not exist, or are directory links met while walking or
-    matching a pattern (only a link named as an input is followed). Nothing is opened; `open_info`
-    reports files that merely look like rasters. Each file is listed once, under the first path that
+    (by extension: text files, sidecars ...), patterns or prefixes that match nothing, or directory links
+    met while walking or matching a pattern (only a link named as an input is followed). Nothing is
+    opened: `open_info` reports files that merely look like rasters, and a file named that does not exist
+    (its image fails, as a missing object's does). Each file is listed once, under the first path that
     reaches it (inputs in the order given, each expanded in sorted order), found by its identity:
     device and inode for local files, so two paths, file links and hard links to it count once; the
     URL for URIs and GDAL virtual paths (s3://b/k and /vsis3/b/k are one), which are passed on unchecked.
@@ -397,8 +398,8 @@ def discover(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
                 else:
                     consider(m)
             not_followed(links)
-        else:
-            skipped.append((item, "no such file"))
+        else:  # named but not there: passed on, so that opening it fails the image naming it (as for a URL)
+            consider(item)
     return paths, skipped
 
 
