@@ -72,3 +72,34 @@ def test_a_mask_only_block_never_holds_its_probabilities():
     mask_only = _peak(lambda: segment_block(predictor, pixels, valid, block, TILING))
     held = _peak(lambda: predict_block(pixels, valid, block, predictor, num_classes=20, fill=0.0, **SETTINGS))
     assert held - mask_only > 0.9 * whole, (held, mask_only, whole)
+
+
+def test_full_batches_run_compiled_by_xla_and_fall_back_to_a_graph(tiny_model_path):
+    """The predictor's full batches are XLA-compiled; a model XLA cannot compile (here an op with no XLA
+    kernel) runs as a plain graph with the same probabilities, instead of failing."""
+    import tensorflow as tf
+
+    from tileseg.predict import TilePredictor
+
+    tiles = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3)).astype(np.float32)
+    compiled = TilePredictor(tiny_model_path, batch_size=4)
+    probs = compiled(tiles)
+    assert compiled._run._jit_compile and compiled._proven
+    graph = tf.function(lambda x: compiled.model(x, training=False))
+    padded = np.zeros((4, 64, 64, 3), np.float32)
+    padded[:3] = compiled.meta.normalise(tiles)
+    reference = graph(padded).numpy()[:3]
+    np.testing.assert_allclose(probs, reference, rtol=0, atol=1e-5)
+
+    fallback = TilePredictor(tiny_model_path, batch_size=4)
+    keras_model = fallback.model
+
+    def no_xla(x, training=False):  # numpy_function has no XLA kernel: compiling fails
+        y = keras_model(x, training=training)
+        z = tf.numpy_function(lambda a: a, [y], tf.float32)
+        z.set_shape(y.shape)
+        return z
+
+    fallback.model = no_xla
+    np.testing.assert_array_equal(fallback(tiles), reference)  # the graph, bit for bit
+    assert not fallback._run._jit_compile and fallback._proven
