@@ -151,6 +151,48 @@ def coarse(model, data: Path, factors: list[int], threads: int, tmp: Path) -> li
     return out
 
 
+def coarse_chips(model, chips, levels: list[int], threads: int, tmp: Path) -> list[str]:
+    """Kampala's zoom 19/20/21 chips rendered at the GSD of zoom `level` (coarsened 2**(zoom - level)
+    times): building IoU with no resampling and with `auto`, against each chip's native prediction
+    brought to the same grid."""
+    tiling = TilingSpec(tile=256, overlap=64, batch_size=1)
+    pred = warm(TilePredictor(model, batch_size=1, threads=threads))
+    span = pred.meta.gsd_span
+    native = {image: predict_chip(pred, image, tiling, "none", 1.0) for image, _ in chips}
+    out = [
+        "",
+        "| chips rendered at zoom | chips (z19/z20/z21) | GSD m/px | IoU native, on this grid | IoU no resampling"
+        " | IoU `auto` |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for level in levels:
+        cm = {name: np.zeros((2, 2), np.int64) for name in ("native", "none", "auto")}
+        gsds = []
+        for image, mask in chips:
+            k = 2 ** (zoom(image) - level)
+            img, msk = tmp / f"{image.stem}_z{level}.tif", tmp / f"{image.stem}_z{level}_mask.tif"
+            write_coarse(image, img, k, mask=False)
+            write_coarse(mask, msk, k, mask=True)
+            ci = open_info(str(img))
+            gsds.append(ci.gsd)
+            m = read_window(str(msk), Window(0, 0, ci.height, ci.width))[0][..., 0]
+            got = {
+                "native": coarse_mask(native[image], k),
+                "none": predict_chip(pred, img, tiling, "none", 1.0),
+                "auto": predict_chip(pred, img, tiling, "none", auto_scale(ci.gsd, span)),
+            }
+            for name, p in got.items():
+                cm[name] += confusion_matrix(m, p, 2, keep=(m != 255) & (p != 255))
+        iou = {name: float(class_scores(c).iou[1]) for name, c in cm.items()}
+        counts = "/".join(str(sum(zoom(c[0]) == z for c in chips)) for z in (19, 20, 21))
+        out.append(
+            f"| {level} | {counts} | {statistics.median(gsds):.4f} | {iou['native']:.4f} | {iou['none']:.4f}"
+            f" | **{iou['auto']:.4f}** |"
+        )
+        print(out[-1], flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -163,12 +205,20 @@ def main() -> None:
         "--set", nargs=2, action="append", default=[], metavar=("NAME", "DIR"),
         help="another set for --only tta: DIR holds images/ and masks/ of the same names (repeatable)",
     )  # fmt: skip
+    ap.add_argument("--levels", type=int, nargs="+", default=[18, 17], help="zooms to render chips at (coarse)")
     ap.add_argument("--factors", type=int, nargs="+", default=[2, 4, 8, 16], help="coarsening for --only coarse")
     a = ap.parse_args()
     model = resolve_model(a.model)
     if a.only == "coarse":
         with tempfile.TemporaryDirectory() as tmp:
-            print("\n".join(coarse(model, a.data, a.factors, a.threads, Path(tmp))))
+            lines = coarse(model, a.data, a.factors, a.threads, Path(tmp))
+            kampala = a.data / "kampala"
+            chips = [
+                *pairs(kampala / "train" / "images", kampala / "train" / "masks"),
+                *pairs(kampala / "val" / "images", kampala / "val" / "masks"),
+            ]
+            lines += coarse_chips(model, chips, a.levels, a.threads, Path(tmp))
+            print("\n".join(lines))
         return
     # One tile per model call (x the transforms, as the actor does): a chip holds few tiles, and a padded
     # batch would cost the same whatever the TTA, hiding its price.
