@@ -96,6 +96,14 @@ class Trainer:
             augmentations=augmentations(o),
             normalisation=plan.normalisation,
         )
+        # One worker: forward and backward compiled by XLA, the update outside it. Several: BatchNorm's
+        # statistics are updated across replicas (a merge_call) inside the forward pass, which no function
+        # nested in `strategy.run` can hold.
+        self._gradients = self._gradients_fn
+        self._frozen_gradients = functools.partial(self._gradients_fn, frozen=True)
+        if world == 1:
+            self._gradients = tf.function(self._gradients, jit_compile=True, reduce_retracing=True)
+            self._frozen_gradients = tf.function(self._frozen_gradients, jit_compile=True, reduce_retracing=True)
         self._step = tf.function(self._distributed_step, reduce_retracing=True)
         self._frozen_step = tf.function(functools.partial(self._distributed_step, frozen=True), reduce_retracing=True)
         spec = tf.TensorSpec([None, None, None, len(plan.bands)], tf.float32)
@@ -141,8 +149,8 @@ class Trainer:
         optimizer.build(self.model.trainable_variables)
         return optimizer
 
-    def _replica_step(self, x, labels, weights, frozen=False):
-        """Forward, loss (already / global batch), gradients; Keras all-reduces them across replicas.
+    def _gradients_fn(self, x, labels, weights, frozen=False):
+        """Forward, loss (already / global batch) and gradients of one replica.
         `frozen`: only the decoder's variables are trained (the encoder's stay as they are)."""
         import tensorflow as tf
 
@@ -150,7 +158,12 @@ class Trainer:
         with tf.GradientTape() as tape:
             probs = self.model(x, training=True)
             loss = self.loss_fn(labels, weights, probs)
-        grads = tape.gradient(loss, variables)
+        return loss, tape.gradient(loss, variables)
+
+    def _replica_step(self, x, labels, weights, frozen=False):
+        """One replica's gradients; Keras all-reduces them across replicas and applies them."""
+        variables = self._decoder_variables if frozen else self.model.trainable_variables
+        loss, grads = (self._frozen_gradients if frozen else self._gradients)(x, labels, weights)
         self.optimizer.apply_gradients(zip(grads, variables, strict=True))
         return loss
 
