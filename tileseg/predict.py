@@ -45,7 +45,7 @@ class TilePredictor:
     Batches are padded to a fixed size so every call runs the same compiled graph: a tile's result
     does not depend on which other tiles share its batch. Non-finite output raises NonFiniteOutputError.
     For an image of fewer grid tiles than a batch, `capped` pads to the image's tile count instead.
-    Full batches run the model compiled by XLA (1.2x faster on CPU for the shipped model, 2.6x for a
+    Full batches run the model compiled by XLA (1.2x faster on CPU for the shipped model, 2.5x for a
     1x1 convolution; bench/README.md), falling back to a plain graph for a model XLA cannot compile.
     """
 
@@ -70,7 +70,7 @@ class TilePredictor:
         A 256 x 256 chip then costs one tile of compute, not a whole padded batch (16x on CPU). The size
         depends on the image alone, so results still do not depend on the block plan nor on the other
         images of a job. Each size runs its own graph traced for exactly that shape; the model is shared.
-        These graphs are not compiled by XLA: for a handful of tiles the compile (1.5-2 s) costs more
+        These graphs are not compiled by XLA: for a handful of tiles the compile (1-2 s) costs more
         than it saves.
         """
         size = max(1, min(self.batch_size, int(tiles)))
