@@ -190,6 +190,7 @@ def test_validation_iou_equals_evaluate_iou_on_the_same_prediction(data_dir, tmp
     )
     plan = prepare(options)
     trainer = Trainer(plan)
+    assert trainer._gradients._jit_compile  # one worker: forward and backward compiled by XLA
     trainer.train_epoch(0)
     pair = next(p for p in plan.val_pairs if p.image.name == "OAM-1238424-1046544-21.tif")
     trainer.plan = dataclasses.replace(plan, val_pairs=(pair,))
