@@ -39,6 +39,14 @@ class NonFiniteOutputError(ValueError):
     """The model's output holds NaN or inf: its predictions cannot be trusted (nor stored)."""
 
 
+def _xla_cannot_compile(exc: Exception) -> bool:
+    """Whether `exc` is XLA refusing to compile a model (an op without an XLA kernel, no XLA here)."""
+    import tensorflow as tf
+
+    kinds = (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError)
+    return isinstance(exc, kinds) and ("XLA" in str(exc) or "compile" in str(exc).lower())
+
+
 class TilePredictor:
     """Raw tiles (N, t, t, C) -> probabilities (N, t, t, K), normalised as the artifact says.
 
@@ -53,12 +61,10 @@ class TilePredictor:
         from tileseg.model import configure_tensorflow, load_model
 
         configure_tensorflow(threads)
-        import tensorflow as tf
-
         self.model, self.meta = load_model(model_path)
         self.batch_size = int(batch_size)
         self.num_classes = self.meta.num_classes
-        self._run = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True, jit_compile=True)
+        self._run = self._model_function(jit_compile=True)
         self._proven = False  # whether `_run` has run once (an XLA compile error then means the model, once)
         self.on_batch: Callable[[int], None] | None = None  # told the number of tiles after each model call
         self._padded: np.ndarray | None = None  # a full batch, for the last partial one of a block
@@ -79,11 +85,9 @@ class TilePredictor:
         if size not in self._capped:
             import copy
 
-            import tensorflow as tf
-
             view = copy.copy(self)
             view.batch_size, view._padded, view._capped = size, None, {}
-            view._run = tf.function(lambda x: self.model(x, training=False))
+            view._run = self._model_function(reduce_retracing=False)
             self._capped[size] = view
         view = self._capped[size]
         view.on_batch = self.on_batch
@@ -114,20 +118,24 @@ class TilePredictor:
             self._padded[:k] = tiles
             self._padded[k:] = 0
             tiles = self._padded
-        if self._proven:
-            return np.asarray(self._run(tiles))[:k]
-        import tensorflow as tf
-
         try:
-            out = np.asarray(self._run(tiles))[:k]
-        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError) as exc:
-            if "XLA" not in str(exc) and "compile" not in str(exc).lower():
+            out = self._run(tiles)
+        except Exception as exc:
+            if self._proven or not _xla_cannot_compile(exc):
                 raise
             # An op XLA cannot compile (a custom layer, a platform without XLA): the same model as a graph.
-            self._run = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
-            out = np.asarray(self._run(tiles))[:k]
+            self._run = self._model_function()
+            out = self._run(tiles)
         self._proven = True
-        return out
+        return np.asarray(out)[:k]
+
+    def _model_function(self, *, jit_compile: bool = False, reduce_retracing: bool = True) -> Callable:
+        """The model in inference mode as a TensorFlow function (compiled by XLA with `jit_compile`)."""
+        import tensorflow as tf
+
+        return tf.function(
+            lambda x: self.model(x, training=False), jit_compile=jit_compile, reduce_retracing=reduce_retracing
+        )
 
     def device_blocks(self, tiling: TilingSpec, dtype: str = "float32") -> DeviceBlocks | None:
         """The device path (`tileseg.device`) for this model and tiling; None where the artifact normalises
