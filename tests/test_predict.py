@@ -103,3 +103,24 @@ def test_full_batches_run_compiled_by_xla_and_fall_back_to_a_graph(tiny_model_pa
     fallback.model = no_xla
     np.testing.assert_array_equal(fallback(tiles), reference)  # the graph, bit for bit
     assert not fallback._run._jit_compile and fallback._proven
+
+
+def test_normalising_inside_the_model_call_matches_normalising_first(tiny_model_path):
+    """With "dataset" normalisation the model's function normalises the raw tiles itself: the same
+    probabilities, bit for bit, as normalising in NumPy first, for full and partial batches; a tile whose
+    probabilities are not finite is counted and reported."""
+    import pytest
+
+    from tileseg.predict import NonFiniteOutputError, TilePredictor
+
+    predictor = TilePredictor(tiny_model_path, batch_size=4)
+    assert predictor._fused
+    tiles = np.random.default_rng(1).integers(0, 255, (6, 64, 64, 3)).astype(np.float32)
+    fused = predictor(tiles)  # a full batch (XLA) and a partial one
+    assert predictor._run_raw._jit_compile
+    first = np.concatenate([predictor.predict_normalised(predictor.meta.normalise(t)) for t in (tiles[:4], tiles[4:])])
+    np.testing.assert_array_equal(fused, first)
+
+    tiles[4, 10, 10, 0] = np.inf  # one tile of the partial batch gets a non-finite input, hence output
+    with pytest.raises(NonFiniteOutputError, match="for 1 of 2 tiles"):
+        predictor(tiles)

@@ -287,6 +287,7 @@ def test_boundless_window_matches_full_read(data_dir: Path, window: Window) -> N
     inside = ((rows >= 0) & (rows < H))[:, None] & ((cols >= 0) & (cols < W))[None, :]
     px, valid = read_window(path, window, fill=7, fill_invalid=False)
     assert px.shape == (h, w, 3) and px.dtype == np.uint8 and valid.shape == (h, w)
+    assert px.flags.c_contiguous  # read straight into (h, w, C) pixels, as the job and training need
     ri, ci = np.clip(rows, 0, H - 1), np.clip(cols, 0, W - 1)
     ref = full[np.ix_(ri, ci)]
     np.testing.assert_array_equal(px[inside], ref[inside])

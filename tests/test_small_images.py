@@ -43,7 +43,8 @@ def test_a_chip_runs_one_tile_per_model_call(tiny_model_path):
     probs = predict_array(chip, predictor, tile=256, overlap=64, fill=predictor.fill)
     assert set(predictor._capped) == {1} and predictor._padded is None  # no padded batch of 16 was built
     one = predictor.capped(1)
-    assert one._run.experimental_get_tracing_count() == 1
+    assert one._fused  # "dataset" normalisation runs inside the model's function
+    assert one._run_raw.experimental_get_tracing_count() == 1
     direct = one(chip[None])[0]
     np.testing.assert_allclose(probs, direct, rtol=0, atol=1e-6)  # blending one tile gives the tile back
 

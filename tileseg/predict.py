@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -64,7 +64,14 @@ class TilePredictor:
         self.model, self.meta = load_model(model_path)
         self.batch_size = int(batch_size)
         self.num_classes = self.meta.num_classes
+        # "dataset" normalisation runs inside the model's function, fused by XLA with the first layer: the
+        # raw batch is read once, and mean and std are arguments so the division stays exact (bit for bit
+        # NumPy's `normalise`).  Per-tile statistics ("tile") are computed in NumPy first.
+        self._fused = self.meta.normalisation != "tile"
+        self._mean = np.asarray(self.meta.mean, np.float32)
+        self._std = np.asarray(self.meta.std, np.float32)
         self._run = self._model_function(jit_compile=True)
+        self._run_raw = self._model_function(jit_compile=True, raw=True)
         self._proven = False  # whether `_run` has run once (an XLA compile error then means the model, once)
         self.on_batch: Callable[[int], None] | None = None  # told the number of tiles after each model call
         self._padded: np.ndarray | None = None  # a full batch, for the last partial one of a block
@@ -88,6 +95,7 @@ class TilePredictor:
             view = copy.copy(self)
             view.batch_size, view._padded, view._capped = size, None, {}
             view._run = self._model_function(reduce_retracing=False)
+            view._run_raw = self._model_function(reduce_retracing=False, raw=True)
             self._capped[size] = view
         view = self._capped[size]
         view.on_batch = self.on_batch
@@ -97,11 +105,17 @@ class TilePredictor:
         n = len(tiles)
         out = []
         for start in range(0, n, self.batch_size):
-            probs = self.predict_normalised(self.meta.normalise(tiles[start : start + self.batch_size]))
-            if not np.isfinite(probs).all():
+            chunk = tiles[start : start + self.batch_size]
+            if self._fused:
+                probs, finite = self._predict_raw(chunk)
+            else:
+                probs = self.predict_normalised(self.meta.normalise(chunk))
+                finite = np.isfinite(probs).reshape(len(probs), -1).all(axis=1)
+            if not finite.all():
                 k = len(probs)
-                bad = int((~np.isfinite(probs)).reshape(k, -1).any(axis=1).sum())
-                raise NonFiniteOutputError(f"the model gave non-finite values (NaN or inf) for {bad} of {k} tiles")
+                raise NonFiniteOutputError(
+                    f"the model gave non-finite values (NaN or inf) for {int((~finite).sum())} of {k} tiles"
+                )
             out.append(probs)
             if self.on_batch is not None:
                 self.on_batch(len(probs))
@@ -110,32 +124,60 @@ class TilePredictor:
     def predict_normalised(self, tiles: np.ndarray) -> np.ndarray:
         """The model on normalised tiles (N <= batch_size, t, t, C): padded to a full batch, (N, t, t, K)."""
         k = len(tiles)
+        out = self._call("_run", self._full(tiles))
+        return np.asarray(out)[:k]
+
+    def _predict_raw(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw tiles (N <= batch_size, t, t, C) normalised and predicted in one call: ((N, t, t, K)
+        probabilities, (N,) whether each tile's are all finite)."""
+        k = len(tiles)
+        probs, finite = self._call("_run_raw", self._full(np.asarray(tiles, np.float32)), self._mean, self._std)
+        return np.asarray(probs)[:k], np.asarray(finite)[:k]
+
+    def _full(self, tiles: np.ndarray) -> np.ndarray:
+        """`tiles` padded with zeros to a full batch (in a kept buffer): every call runs the same graph."""
+        k = len(tiles)
         if k > self.batch_size:
             raise ValueError(f"{k} tiles, more than the batch size {self.batch_size}")
-        if k < self.batch_size:
-            if self._padded is None or self._padded.shape[1:] != tiles.shape[1:]:
-                self._padded = np.zeros((self.batch_size, *tiles.shape[1:]), np.float32)
-            self._padded[:k] = tiles
-            self._padded[k:] = 0
-            tiles = self._padded
+        if k == self.batch_size:
+            return tiles
+        if self._padded is None or self._padded.shape[1:] != tiles.shape[1:]:
+            self._padded = np.zeros((self.batch_size, *tiles.shape[1:]), np.float32)
+        self._padded[:k] = tiles
+        self._padded[k:] = 0
+        return self._padded
+
+    def _call(self, name: str, *args: np.ndarray) -> Any:
+        """Run the function `name` ("_run" or "_run_raw"); the first time, a model XLA cannot compile
+        (a custom layer, a platform without XLA) falls back to plain graphs of the same model."""
         try:
-            out = self._run(tiles)
+            out = getattr(self, name)(*args)
         except Exception as exc:
             if self._proven or not _xla_cannot_compile(exc):
                 raise
-            # An op XLA cannot compile (a custom layer, a platform without XLA): the same model as a graph.
             self._run = self._model_function()
-            out = self._run(tiles)
+            self._run_raw = self._model_function(raw=True)
+            out = getattr(self, name)(*args)
         self._proven = True
-        return np.asarray(out)[:k]
+        return out
 
-    def _model_function(self, *, jit_compile: bool = False, reduce_retracing: bool = True) -> Callable:
-        """The model in inference mode as a TensorFlow function (compiled by XLA with `jit_compile`)."""
+    def _model_function(self, *, jit_compile: bool = False, reduce_retracing: bool = True, raw: bool = False) -> Any:
+        """The model in inference mode as a TensorFlow function (compiled by XLA with `jit_compile`).
+
+        With `raw` it takes (raw tiles, mean, std), normalises them as `artifact.normalise` does and also
+        returns, per tile, whether its probabilities are all finite (checked in the same pass).
+        """
         import tensorflow as tf
 
-        return tf.function(
-            lambda x: self.model(x, training=False), jit_compile=jit_compile, reduce_retracing=reduce_retracing
-        )
+        if not raw:
+            fn = lambda x: self.model(x, training=False)  # noqa: E731
+        else:
+
+            def fn(x, mean, std):
+                y = self.model((x - mean) / std, training=False)
+                return y, tf.reduce_all(tf.math.is_finite(y), axis=[1, 2, 3])
+
+        return tf.function(fn, jit_compile=jit_compile, reduce_retracing=reduce_retracing)
 
     def device_blocks(self, tiling: TilingSpec, dtype: str = "float32") -> DeviceBlocks | None:
         """The device path (`tileseg.device`) for this model and tiling; None where the artifact normalises
@@ -159,7 +201,12 @@ class TilePredictor:
         where a warm-up batch would cost a whole batch of compute)."""
         import tensorflow as tf
 
-        self._run.get_concrete_function(tf.TensorSpec((self.batch_size, tile, tile, self.meta.num_bands), tf.float32))
+        tiles = tf.TensorSpec((self.batch_size, tile, tile, self.meta.num_bands), tf.float32)
+        if self._fused:
+            bands = tf.TensorSpec((self.meta.num_bands,), tf.float32)
+            self._run_raw.get_concrete_function(tiles, bands, bands)
+        else:
+            self._run.get_concrete_function(tiles)
 
     @property
     def fill(self) -> np.ndarray:

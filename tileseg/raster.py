@@ -740,6 +740,16 @@ def _valid_from(
     return valid
 
 
+def _fill_outside(out: np.ndarray, span: tuple[int, int, int, int], fv: Any) -> np.ndarray:
+    """Fill `out` with `fv` outside rows [r0, r1) x columns [c0, c1) (`span`); return the view inside."""
+    r0, r1, c0, c1 = span
+    out[:r0] = fv
+    out[r1:] = fv
+    out[r0:r1, :c0] = fv
+    out[r0:r1, c1:] = fv
+    return out[r0:r1, c0:c1]
+
+
 def read_window(
     path: str | os.PathLike[str],
     window: Window,
@@ -765,15 +775,18 @@ def read_window(
             sel = check_bands(info, bands)
             dtype = np.dtype(info.dtype)
             fv = _fill_value(fill, dtype, path)
-            out = np.full((height, width, len(sel)), fv, dtype=dtype)
+            out = np.empty((height, width, len(sel)), dtype=dtype)
             valid = np.zeros((height, width), dtype=bool)
             r0, r1 = max(row, 0), min(row + height, info.height)
             c0, c1 = max(col, 0), min(col + width, info.width)
             if r0 >= r1 or c0 >= c1:
+                out.fill(fv)
                 return out, valid
+            inside = _fill_outside(out, (r0 - row, r1 - row, c0 - col, c1 - col), fv)
             win = rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)
             try:
-                data = ds.read(list(sel), window=win)
+                # GDAL writes the bands straight into the interleaved (h, w, C) pixels: no planar copy.
+                data = ds.read(list(sel), window=win, out=inside.transpose(2, 0, 1))
                 inner = _valid_from(ds, data, sel, info.alpha_band, win)
             except Exception as e:
                 raise RasterError(f"{path}: read failed in window {tuple(window)} ({_cause(e)})") from None
@@ -781,13 +794,11 @@ def read_window(
         if not _use_opencv(path, err):
             raise
         return _cv2_window(path, (row, col, height, width), bands, fill, fill_invalid, err)
-    block = data.transpose(1, 2, 0)
-    all_valid = bool(inner.all())
-    if fill_invalid and not all_valid:
-        block = np.where(inner[:, :, None], block, fv)
-    elif np.issubdtype(dtype, np.floating) and not all_valid:
-        block = np.where(np.isfinite(block), block, fv)
-    out[r0 - row : r1 - row, c0 - col : c1 - col] = block
+    if not inner.all():
+        if fill_invalid:
+            inside[~inner] = fv
+        elif np.issubdtype(dtype, np.floating):
+            inside[~np.isfinite(inside)] = fv
     valid[r0 - row : r1 - row, c0 - col : c1 - col] = inner
     return out, valid
 
