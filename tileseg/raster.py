@@ -721,8 +721,9 @@ def _valid_from(
     indexes: Sequence[int],
     alpha: int | None,
     win: rasterio.windows.Window,
-) -> np.ndarray:
-    """GDAL validity of a window: a pixel is valid if any selected data band's mask says so.
+) -> np.ndarray | None:
+    """GDAL validity of a window: a pixel is valid if any selected data band's mask says so (None: every
+    pixel is, known without building the array).
 
     read_masks honours nodata values, internal/external (.msk) mask bands and alpha bands; a non-finite
     value (NaN, inf, -inf) in any selected band also makes the pixel invalid (a network cannot consume it).
@@ -731,12 +732,12 @@ def _valid_from(
     if not mask_idx:
         mask_idx = [next(i for i in range(1, ds.count + 1) if i != alpha)] if ds.count > 1 else [1]
     flags = ds.mask_flag_enums
-    if all(flags[i - 1] == [MaskFlags.all_valid] for i in mask_idx):
-        valid = np.ones(data.shape[1:], dtype=bool)  # no nodata, mask or alpha: skip reading masks
-    else:
+    valid = None  # no nodata, mask or alpha: every pixel valid, no mask read
+    if not all(flags[i - 1] == [MaskFlags.all_valid] for i in mask_idx):
         valid = np.any(ds.read_masks(mask_idx, window=win) != 0, axis=0)
     if np.issubdtype(data.dtype, np.floating):
-        valid &= np.isfinite(data).all(axis=0)
+        finite = np.isfinite(data).all(axis=0)
+        valid = finite if valid is None else valid & finite
     return valid
 
 
@@ -794,12 +795,12 @@ def read_window(
         if not _use_opencv(path, err):
             raise
         return _cv2_window(path, (row, col, height, width), bands, fill, fill_invalid, err)
-    if not inner.all():
+    if inner is not None and not inner.all():
         if fill_invalid:
             inside[~inner] = fv
         elif np.issubdtype(dtype, np.floating):
             inside[~np.isfinite(inside)] = fv
-    valid[r0 - row : r1 - row, c0 - col : c1 - col] = inner
+    valid[r0 - row : r1 - row, c0 - col : c1 - col] = True if inner is None else inner
     return out, valid
 
 
