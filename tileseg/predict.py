@@ -72,7 +72,7 @@ class TilePredictor:
         self._std = np.asarray(self.meta.std, np.float32)
         self._run = self._model_function(jit_compile=True)
         self._run_raw = self._model_function(jit_compile=True, raw=True)
-        self._proven = False  # whether `_run` has run once (an XLA compile error then means the model, once)
+        self._proven = False  # whether a model function has run once (only before that is an XLA error a refusal)
         self.on_batch: Callable[[int], None] | None = None  # told the number of tiles after each model call
         self._padded: np.ndarray | None = None  # a full batch, for the last partial one of a block
         self._capped: dict[int, TilePredictor] = {}  # by batch size: the predictors `capped` made
